@@ -1,0 +1,29 @@
+# Two set-up commands (see README):
+#   make demo   - install everything into .venv and run the end-to-end demo on the bundled example model
+#   make test   - install everything (with test tools) into .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[all,test]"
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/accelserve demo --repo model_repository
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

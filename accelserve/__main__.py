@@ -1,0 +1,3 @@
+from accelserve.cli.main import run
+
+run()

@@ -1,0 +1,63 @@
+"""One exception hierarchy.
+
+``AccelserveError`` and its subclasses are *user* errors: something about the input, the environment or the
+request is wrong, and the message says what failed, why, and what to do. The CLI prints the message and exits 1,
+without a traceback. Anything else that escapes is a bug (``InternalError`` or a plain exception): the CLI shows
+its traceback. Nothing is ever downgraded to a warning.
+"""
+
+from __future__ import annotations
+
+
+class AccelserveError(Exception):
+    """A user-facing error: bad input, missing dependency, unusable environment."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class InvalidInputError(AccelserveError):
+    """An argument, file or value given by the user is wrong."""
+
+
+class InvalidModelError(AccelserveError):
+    """A model file cannot be read, is broken, or fails the ONNX checker."""
+
+
+class MissingDependencyError(AccelserveError):
+    """An optional dependency (torch, tensorflow, tensorrt, ...) is not installed."""
+
+
+class PluginError(AccelserveError):
+    """A plugin is unknown or failed to load."""
+
+
+class ExportError(AccelserveError):
+    """Exporting a model from its source framework failed."""
+
+
+class VerificationError(AccelserveError):
+    """Numerical verification found outputs out of tolerance."""
+
+
+class RepositoryError(AccelserveError):
+    """A Triton model repository is invalid, or writing to it failed."""
+
+
+class ServerError(AccelserveError):
+    """Starting, reaching or talking to a Triton server failed."""
+
+
+class OptimizationError(AccelserveError):
+    """An optimization pass cannot be applied to this model with these settings."""
+
+
+class InternalError(Exception):
+    """A bug in accelserve. Not a user error: the CLI shows its traceback."""

@@ -1,0 +1,122 @@
+"""Input specifications (``NAME:SHAPE:DTYPE``) shared by export, verify and infer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from accelserve.errors import InvalidInputError
+
+Dim = int | str  # a fixed size, or the name of a dynamic axis
+
+_DTYPES = {
+    "float32": np.float32, "fp32": np.float32, "float": np.float32,
+    "float16": np.float16, "fp16": np.float16, "half": np.float16,
+    "float64": np.float64, "fp64": np.float64, "double": np.float64,
+    "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8,
+    "uint8": np.uint8, "bool": np.bool_,
+}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(_DTYPES[name.lower()])
+    except KeyError:
+        raise InvalidInputError(f"unknown dtype '{name}'", hint=f"use one of: {', '.join(sorted(_DTYPES))}") from None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, shape (ints, or names for dynamic axes) and numpy dtype name.
+
+    ``sample_shape`` gives the concrete shape used for the sample input (dynamic axes take a small size).
+    """
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+    sample_shape: tuple[int, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, dynamic_batch: bool = True) -> "InputSpec":
+        """Parse ``NAME:SHAPE:DTYPE``; SHAPE is ``1x3x224x224`` or ``1,3,224,224``.
+
+        A dim of ``-1`` is dynamic (and named ``<input>_dim<i>``), a dim like ``seq=16`` or ``seq`` is a named
+        dynamic axis (16 is the sample size, default 2). The first dim is the batch dim and dynamic (``batch``)
+        unless ``dynamic_batch`` is false.
+        """
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise InvalidInputError(
+                f"input spec '{text}' is not NAME:SHAPE[:DTYPE]", hint="example: --input x:1x3x224x224:float32"
+            )
+        name, shape_text = parts[0], parts[1]
+        dtype = parts[2] if len(parts) == 3 else "float32"
+        numpy_dtype(dtype)
+        if not _NAME.match(name):
+            raise InvalidInputError(f"input name '{name}' in '{text}' is not a valid tensor name")
+        dims: list[Dim] = []
+        sample: list[int] = []
+        for i, tok in enumerate(t for t in re.split(r"[x,]", shape_text) if t != ""):
+            tok = tok.strip()
+            size_text = None
+            if "=" in tok:
+                tok, size_text = tok.split("=", 1)
+            if re.fullmatch(r"\d+", tok):
+                size = int(tok)
+                if size <= 0:
+                    raise InvalidInputError(f"dim {i} of '{text}' must be positive, got {size}")
+                if i == 0 and dynamic_batch:
+                    dims.append("batch")
+                else:
+                    dims.append(size)
+                sample.append(size)
+            elif tok == "-1" or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tok):
+                axis = ("batch" if i == 0 else f"{name}_dim{i}") if tok == "-1" else tok
+                dims.append(axis)
+                try:
+                    sample.append(int(size_text) if size_text else 2)
+                except ValueError:
+                    raise InvalidInputError(f"sample size '{size_text}' of dim {i} in '{text}' is not an integer") from None
+            else:
+                raise InvalidInputError(f"dim '{tok}' of '{text}' is neither a positive integer, -1, nor an axis name")
+        if not dims:
+            raise InvalidInputError(f"input spec '{text}' has an empty shape")
+        return cls(name=name, shape=tuple(dims), dtype=dtype, sample_shape=tuple(sample))
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return numpy_dtype(self.dtype)
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete_shape(self, overrides: dict[str, int] | None = None) -> tuple[int, ...]:
+        overrides = overrides or {}
+        base = self.sample_shape or tuple(d if isinstance(d, int) else 2 for d in self.shape)
+        return tuple(overrides.get(d, base[i]) if isinstance(d, str) else d for i, d in enumerate(self.shape))
+
+    def random(self, rng: np.random.Generator, overrides: dict[str, int] | None = None) -> np.ndarray:
+        """Random data of this input's dtype and (concrete) shape."""
+        return random_array(rng, self.concrete_shape(overrides), self.np_dtype, self.low, self.high)
+
+
+def random_array(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, low: float | None = None, high: float | None = None
+) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    if np.issubdtype(dtype, np.integer):
+        lo = int(low) if low is not None else 0
+        hi = int(high) if high is not None else 100
+        return rng.integers(lo, hi, size=shape, endpoint=False).astype(dtype)
+    lo = low if low is not None else -1.0
+    hi = high if high is not None else 1.0
+    return rng.uniform(lo, hi, size=shape).astype(dtype)

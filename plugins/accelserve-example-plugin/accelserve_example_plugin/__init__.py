@@ -1,0 +1,1 @@
+"""Example accelserve plugin package."""
