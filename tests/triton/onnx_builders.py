@@ -1,0 +1,88 @@
+"""Tiny ONNX graphs (onnx.helper) for the Triton repository tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+Shape = Sequence[int | str]
+
+
+def build(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+          initializers: Sequence[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def identity(shape: Shape = ("batch", 4), elem_type: int = TensorProto.FLOAT, *, out_shape: Shape | None = None,
+             name_in: str = "x", name_out: str = "y") -> onnx.ModelProto:
+    """y = Identity(x); ``out_shape`` defaults to ``shape``."""
+    return build(
+        [helper.make_node("Identity", [name_in], [name_out])],
+        [helper.make_tensor_value_info(name_in, elem_type, list(shape))],
+        [helper.make_tensor_value_info(name_out, elem_type, list(out_shape if out_shape is not None else shape))],
+    )
+
+
+def qdq(shape: Shape = ("batch", 4)) -> onnx.ModelProto:
+    """y = DequantizeLinear(QuantizeLinear(x)): the smallest Q/DQ model."""
+    scale = numpy_helper.from_array(np.array(0.1, dtype=np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int8), "zero")
+    return build(
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+        [scale, zero],
+    )
+
+
+def densenet_like(batch: int | str = 1) -> onnx.ModelProto:
+    """data_0 [batch,3,224,224] -> GlobalAveragePool -> 1x1 Conv -> fc6_1 [batch,1000,1,1] (Triton's densenet I/O)."""
+    w = numpy_helper.from_array(np.full((1000, 3, 1, 1), 0.01, dtype=np.float32), "W")
+    return build(
+        [helper.make_node("GlobalAveragePool", ["data_0"], ["pooled"]),
+         helper.make_node("Conv", ["pooled", "W"], ["fc6_1"])],
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [batch, 3, 224, 224])],
+        [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [batch, 1000, 1, 1])],
+        [w],
+    )
+
+
+def simple_like() -> onnx.ModelProto:
+    """Triton's "simple" example: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, int32 [batch, 16]."""
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", 16])  # noqa: E731
+    return build(
+        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
+        [io("INPUT0"), io("INPUT1")],
+        [io("OUTPUT0"), io("OUTPUT1")],
+    )
+
+
+def with_weights(n: int = 4096) -> onnx.ModelProto:
+    """y = x + W with a float32 weight of ``n`` elements (big enough to go to external data)."""
+    w = numpy_helper.from_array(np.arange(n, dtype=np.float32), "W")
+    return build(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+        [w],
+    )
+
+
+def save(model: onnx.ModelProto, path: Path, *, external_data: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return path

@@ -1,0 +1,166 @@
+"""``validate_repository``: every problem at once, on repositories written by accelserve and by others."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from accelserve.errors import RepositoryError
+from accelserve.triton.config import TritonModelOptions
+from accelserve.triton.repository import add_model
+from accelserve.triton.validate import Problem, validate_repository
+from tests.triton import onnx_builders as ob
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "triton_examples"
+
+
+def messages(problems: list[Problem]) -> str:
+    return "\n".join(str(p) for p in problems)
+
+
+def install_example(repo: Path, name: str, model) -> Path:  # noqa: ANN001 - an onnx.ModelProto
+    """Copy a Triton example config into ``repo`` and generate its version-1 model."""
+    shutil.copytree(EXAMPLES / name, repo / name)
+    ob.save(model, repo / name / "1" / "model.onnx")
+    return repo / name
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    return path
+
+
+def test_repository_written_by_add_model_is_valid(tmp_path: Path, repo: Path) -> None:
+    src = ob.save(ob.identity(("batch", 3, "w")), tmp_path / "m.onnx")
+    add_model(src, repo, "plain")
+    add_model(src, repo, "plain")
+    add_model(src, repo, "tuned", TritonModelOptions(max_batch_size=0, warmup="random"))
+    add_model(ob.save(ob.identity(("batch",)), tmp_path / "b.onnx"), repo, "batch_only")
+    assert validate_repository(repo) == []
+
+
+def test_triton_densenet_and_simple_examples_are_valid(repo: Path) -> None:
+    install_example(repo, "densenet_onnx", ob.densenet_like(batch=1))
+    install_example(repo, "simple", ob.simple_like())
+    assert validate_repository(repo) == []
+
+
+def test_densenet_example_with_a_mismatching_model_is_reported(repo: Path) -> None:
+    model = ob.densenet_like(batch=1)
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 999
+    model_dir = install_example(repo, "densenet_onnx", model)
+    (model_dir / "densenet_labels.txt").unlink()
+    text = messages(validate_repository(repo))
+    assert "output 'fc6_1': config reshape [1, 1000, 1, 1] do not match the model shape [1, 999, 1, 1]" in text
+    assert "label file 'densenet_labels.txt', which is missing" in text
+
+
+def test_misspelled_field_is_reported_with_file_and_line_and_other_models_still_checked(repo: Path) -> None:
+    bad = install_example(repo, "simple", ob.simple_like())
+    config = bad / "config.pbtxt"
+    lines = config.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if line.startswith("max_batch_size"))
+    lines[number - 1] = "max_batch_sise: 8"
+    config.write_text("\n".join(lines) + "\n")
+    (repo / "orphan" / "1").mkdir(parents=True)  # a second, independent problem
+    problems = validate_repository(repo)
+    parse = [p for p in problems if p.path == config]
+    assert len(parse) == 1 and parse[0].line == number and "max_batch_sise" in parse[0].message
+    assert str(parse[0]).startswith(f"{config}:{number}:1:")
+    assert any(p.path == repo / "orphan" / "config.pbtxt" for p in problems)
+
+
+def test_all_io_mismatches_are_reported_together(repo: Path) -> None:
+    model_dir = install_example(repo, "simple", ob.simple_like())
+    text = (model_dir / "config.pbtxt").read_text()
+    text = text.replace('name: "INPUT1"\n    data_type: TYPE_INT32\n    dims: [ 16 ]',
+                        'name: "INPUT1"\n    data_type: TYPE_FP32\n    dims: [ 16 ]')
+    text = text.replace('name: "OUTPUT1"\n    data_type: TYPE_INT32\n    dims: [ 16 ]',
+                        'name: "OUTPUT1"\n    data_type: TYPE_INT32\n    dims: [ 8 ]')
+    text = text.replace('name: "INPUT0"', 'name: "INPUT9"').replace('name: "simple"', 'name: "simpel"')
+    (model_dir / "config.pbtxt").write_text(text)
+    text = messages(validate_repository(repo))
+    assert "name 'simpel' does not match the model directory name 'simple'" in text
+    assert "config input 'INPUT9' is not an input of the model" in text
+    assert "model input 'INPUT0' is missing from the config" in text
+    assert "input 'INPUT1': config data_type TYPE_FP32, model has TYPE_INT32" in text
+    assert "output 'OUTPUT1': config dims [8]" in text
+
+
+def test_config_consistency_problems(repo: Path) -> None:
+    model_dir = repo / "m"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nbackend: "tensorrt"\nmax_batch_size: 4\n'
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [0, 4] reshape { shape: [5] } }]\n'
+        'input [{ name: "x" dims: [2] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [4] }]\n'
+        "dynamic_batching { preferred_batch_size: [8] }\n"
+    )
+    text = messages(validate_repository(repo))
+    assert "runs on backend 'onnxruntime', but backend is 'tensorrt'" in text
+    assert "input 'x' dims [0, 4]: each dim must be >= 1" in text
+    assert "hold different numbers of elements" in text
+    assert "input 'x' is listed twice" in text and "input 'x' has no data_type" in text
+    assert "preferred_batch_size 8 must be in [1, max_batch_size=4]" in text
+    assert "missing model file for version 1" in text
+
+
+def test_batching_config_for_a_model_with_a_fixed_first_dim(tmp_path: Path, repo: Path) -> None:
+    add_model(ob.save(ob.identity((1, 4)), tmp_path / "m.onnx"), repo, "m")
+    config = repo / "m" / "config.pbtxt"
+    assert validate_repository(repo) == []
+    config.write_text("max_batch_size: 4\n" + config.read_text().replace("[1, 4]", "[4]"))
+    text = messages(validate_repository(repo))
+    assert "input 'x': max_batch_size 4 needs a dynamic first dim in the model" in text
+
+
+def test_only_versions_loaded_under_the_version_policy_are_checked(tmp_path: Path, repo: Path) -> None:
+    add_model(ob.save(ob.identity(("batch", 4)), tmp_path / "a.onnx"), repo, "m")
+    add_model(ob.save(ob.identity(("batch", 5)), tmp_path / "b.onnx"), repo, "m", replace_config=True)
+    assert validate_repository(repo) == []  # default policy latest 1: version 1 is never loaded
+    config = repo / "m" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all {} }\n")
+    problems = validate_repository(repo)
+    assert {p.path for p in problems} == {repo / "m" / "1" / "model.onnx"}
+    config.write_text(config.read_text().replace("all {}", "specific { versions: [7] }"))
+    assert "selects none of the versions on disk [1, 2]" in messages(validate_repository(repo))
+
+
+def test_hidden_and_leftover_staging_directories_are_reported(repo: Path) -> None:
+    (repo / ".ipynb_checkpoints").mkdir()
+    (repo / ".accelserve-staging-abc123").mkdir()
+    text = messages(validate_repository(repo))
+    assert "hidden directory" in text and "leftover staging directory" in text
+
+
+def test_unreadable_model_file_is_reported(repo: Path) -> None:
+    model_dir = install_example(repo, "simple", ob.simple_like())
+    model_file = model_dir / "1" / "model.onnx"
+    model_file.write_bytes(model_file.read_bytes()[:30])
+    problems = validate_repository(repo)
+    assert len(problems) == 1 and problems[0].path == model_file and "truncated" in problems[0].message
+
+
+def test_ensemble_steps_must_name_models_of_the_repository(repo: Path) -> None:
+    model_dir = repo / "ens"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(
+        'name: "ens"\nplatform: "ensemble"\nmax_batch_size: 1\n'
+        'input [{ name: "IN" data_type: TYPE_FP32 dims: [1] }]\n'
+        'output [{ name: "OUT" data_type: TYPE_FP32 dims: [1] }]\n'
+        'ensemble_scheduling { step [{ model_name: "missing_model" model_version: -1 '
+        'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } }] }\n'
+    )
+    assert messages(validate_repository(repo)) == (
+        f"{model_dir / 'config.pbtxt'}: ensemble step uses model 'missing_model', which is not in the repository"
+    )
+
+
+def test_missing_repository_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="does not exist"):
+        validate_repository(tmp_path / "nope")
