@@ -1,0 +1,82 @@
+"""``accelserve infer URL MODEL``: send one request to a Triton server and print (or check) the outputs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="send one request to a Triton server (random or .npz inputs); optionally compare with ONNX Runtime",
+        description="Build inputs from the model's metadata on the server, run one request, and print every output "
+        "(shape, dtype, first values, min/max/mean/std). With --compare MODEL.onnx the same inputs run in local "
+        "ONNX Runtime and the command exits 1 if any output is out of tolerance.",
+    )
+    p.add_argument("url", metavar="URL", help="server address: http://HOST:PORT, grpc://HOST:PORT or HOST:PORT")
+    p.add_argument("model", metavar="MODEL", help="model name (its directory name in the repository)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--random", action="store_true", help="random inputs of the model's shapes and dtypes")
+    data.add_argument("--data", metavar="FILE.npz", help="inputs from an .npz file, one array per input name")
+    p.add_argument("--protocol", choices=["http", "grpc"], help="protocol when URL has no scheme (default http)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for --random on batching models (default 1)")
+    p.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                   help="full shape of an input for --random, batch dim included, e.g. x=2x128 (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--model-version", default="", help="model version (default: the server's policy)")
+    p.add_argument("--compare", metavar="MODEL.onnx", help="also run the inputs in local ONNX Runtime and compare")
+    p.add_argument("--precision", default="fp32", help="tolerance preset for --compare (fp32, fp16, bf16, int8, tf32)")
+    p.add_argument("--atol", type=float, help="absolute tolerance for --compare (overrides the preset)")
+    p.add_argument("--rtol", type=float, help="relative tolerance for --compare (overrides the preset)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server to answer (default 5)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelserve.errors import InvalidInputError
+    from accelserve.triton.client import TritonClient, load_inputs, parse_shape_overrides, random_inputs, summarize
+
+    if args.batch < 1:
+        raise InvalidInputError(f"--batch must be >= 1, got {args.batch}")
+    if args.shape and not args.random:
+        raise InvalidInputError("--shape applies to --random inputs; --data arrays carry their own shapes")
+    shapes = parse_shape_overrides(args.shape)
+    with TritonClient(args.url, args.protocol, timeout=args.timeout) as client:
+        client.check_live()
+        info = client.model_info(args.model)
+        unknown = sorted(set(shapes) - {t.name for t in info.inputs})
+        if unknown:
+            raise InvalidInputError(
+                f"--shape names {unknown}, but model {info.name} has inputs {[t.name for t in info.inputs]}"
+            )
+        feeds = random_inputs(info, batch=args.batch, shapes=shapes, seed=args.seed) if args.random \
+            else load_inputs(args.data, info)
+        outputs = client.infer(args.model, feeds, version=args.model_version)
+    print(f"model {info.name} at {client.url}")
+    print("inputs:")
+    for name, arr in feeds.items():
+        print("  " + summarize(name, arr))
+    print("outputs:")
+    for name, arr in outputs.items():
+        print("  " + summarize(name, arr))
+    if args.compare:
+        return _compare(args, feeds, outputs)
+    return 0
+
+
+def _compare(args: argparse.Namespace, feeds: dict, outputs: dict) -> int:
+    from accelserve.runtimes.onnxruntime_runtime import OnnxRuntimeSession
+    from accelserve.verify import VerificationReport, compare_arrays, tolerance_for
+
+    tol = tolerance_for(args.precision, atol=args.atol, rtol=args.rtol)
+    session = OnnxRuntimeSession(args.compare)
+    local = session.run(dict(feeds), output_names=list(outputs))
+    report = VerificationReport(model=f"{args.model} (server) vs {args.compare} (ONNX Runtime)",
+                                precision=args.precision, tolerance=tol)
+    for name, served in outputs.items():
+        report.comparisons.append(compare_arrays(name, served, local[name], tol))
+    print(report.table())
+    if not report.passed:
+        print("FAILED: the server's outputs differ from local ONNX Runtime beyond tolerance")
+        return 1
+    return 0

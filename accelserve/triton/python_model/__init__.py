@@ -1,0 +1,1 @@
+"""accelserve's Triton python-backend models (run inside the backend stub)."""
