@@ -7,13 +7,20 @@ Loaders follow Polygraphy's style: small functions that each do one thing and ra
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import onnx
 from onnx import external_data_helper
 
 from accelserve.errors import InvalidModelError
+
+_T = TypeVar("_T")
 
 #: protobuf's hard limit for one serialized message
 TWO_GB = 2**31 - 1
@@ -22,7 +29,11 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 _FOREIGN_MAGIC = {
     b"PK\x03\x04": "a ZIP archive (a TorchScript/torch.export archive or a .keras file?); export it first with `accelserve export`",
     b"\x80\x02": "a Python pickle (a PyTorch checkpoint?); export it with `accelserve export torch`",
+    b"\x80\x03": "a Python pickle (a PyTorch checkpoint?); export it with `accelserve export torch`",
     b"\x80\x04": "a Python pickle (a PyTorch checkpoint?); export it with `accelserve export torch`",
+    b"\x80\x05": "a Python pickle (a PyTorch checkpoint?); export it with `accelserve export torch`",
+    b"\x1f\x8b": "a gzip-compressed file; decompress it first",
+    b"\x93NUMPY": "a NumPy .npy array, not a model",
     b"\x89HDF": "an HDF5 file (a Keras .h5 model?); export it with `accelserve export tensorflow`",
     b"ftrt": "a serialized TensorRT engine, not an ONNX model",
 }
@@ -91,16 +102,32 @@ def read_onnx(path: str | Path, *, load_external_data: bool = True) -> onnx.Mode
 
 
 def check_model(model: onnx.ModelProto | str | Path, *, what: str = "model") -> onnx.ModelProto:
-    """Run ``onnx.checker`` and strict shape inference; return the model with inferred value_info."""
+    """Run ``onnx.checker`` and strict shape inference; return the model with inferred value_info.
+
+    Given a path, the file is read first (so a missing, foreign or truncated file gets :func:`read_onnx`'s clear
+    error) and the checker runs on the path, which also checks external data.
+    """
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        loaded = read_onnx(path)
+        what = what if what != "model" else str(path)
+        _checked(lambda: onnx.checker.check_model(str(path)), what)
+        if loaded.ByteSize() >= TWO_GB:  # shape inference serializes: infer on the header (tensors keep their dims)
+            header = read_onnx(path, load_external_data=False)
+            return _checked(lambda: onnx.shape_inference.infer_shapes(header, strict_mode=True, data_prop=True), what)
+        model = loaded
+    elif model.ByteSize() >= TWO_GB:
+        # checker and shape inference serialize the model, which protobuf cannot do above 2 GB: save it with
+        # external data and check it by path instead
+        return model
+    else:
+        _checked(lambda: onnx.checker.check_model(model), what)
+    return _checked(lambda: onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True), what)
+
+
+def _checked(fn: Callable[[], _T], what: str) -> _T:
     try:
-        if isinstance(model, (str, Path)):
-            onnx.checker.check_model(str(model))
-            model = read_onnx(model)
-        else:
-            onnx.checker.check_model(model if model.ByteSize() < TWO_GB else model, full_check=False)
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except InvalidModelError:
-        raise
+        return fn()
     except Exception as exc:
         msg = str(exc).strip().splitlines()
         raise InvalidModelError(f"{what} fails the ONNX checker: {msg[0] if msg else type(exc).__name__}") from exc
@@ -200,25 +227,58 @@ def save_onnx(
     external_data: bool | None = None,
     runtime_compatible: bool = True,
 ) -> Compatibility:
-    """Write ``model`` to ``path``.
+    """Write ``model`` to ``path`` atomically.
 
     Models under 2 GB are written as one file unless ``external_data=True``; larger ones keep their weights in
-    ``<name>.data`` beside the model. With ``runtime_compatible`` the IR version/opset are clamped first.
+    ``<name>.data`` beside the model. With ``runtime_compatible`` the IR version/opset are clamped first (in place).
+    The files are written in a temporary directory beside ``path`` and renamed into place, so a failure never
+    leaves a half-written model; a stale ``<name>.data`` from an earlier save is removed when writing one file.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     compat = make_runtime_compatible(model) if runtime_compatible else Compatibility()
     if external_data is None:
         external_data = model.ByteSize() >= TWO_GB
-    stale = p.with_name(p.name + ".data")
-    if external_data:
-        onnx.save_model(
-            model, str(p), save_as_external_data=True, all_tensors_to_one_file=True, location=stale.name, size_threshold=1024
-        )
-    else:
-        if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(model)):  # noqa: SLF001
-            raise InvalidModelError("cannot save as one file: the model's external data was not loaded")
-        onnx.save_model(model, str(p))
-        if stale.exists():
-            stale.unlink()
+    if not external_data and any(
+        external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(model)  # noqa: SLF001
+    ):
+        raise InvalidModelError("cannot save as one file: the model's external data was not loaded")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
+    try:
+        tmp = tmp_dir / p.name
+        if external_data:
+            onnx.save_model(
+                model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                location=p.name + ".data", size_threshold=1024,
+            )
+            # onnx.save_model moved the caller's tensors out to the file: load them back so `model` stays usable
+            external_data_helper.load_external_data_for_model(model, str(tmp_dir))
+        else:
+            onnx.save_model(model, str(tmp))
+        move_onnx(tmp, p)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return compat
+
+
+def move_onnx(src: str | Path, dst: str | Path) -> None:
+    """Move an ONNX file and its external data to ``dst`` (same file name, or no external data).
+
+    Each file is renamed with ``os.replace`` (atomic within one filesystem), external data first and the model
+    last, so ``dst`` never refers to data that is not there yet. A stale ``<dst name>.data`` that the new model
+    does not use is removed.
+    """
+    src, dst = Path(src), Path(dst)
+    header = read_onnx(src, load_external_data=False)
+    data_files = external_data_files(header, src.parent)
+    if data_files and src.name != dst.name:
+        raise ValueError(f"cannot rename {src.name} to {dst.name}: its external data refers to files by name")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for f in data_files:
+        target = dst.parent / f.relative_to(src.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
+    os.replace(src, dst)
+    stale = dst.with_name(dst.name + ".data")
+    if stale.exists() and stale not in {dst.parent / f.relative_to(src.parent) for f in data_files}:
+        stale.unlink()

@@ -120,3 +120,72 @@ def random_array(
     lo = low if low is not None else -1.0
     hi = high if high is not None else 1.0
     return rng.uniform(lo, hi, size=shape).astype(dtype)
+
+
+def axis_sample_sizes(specs: list[InputSpec]) -> dict[str, int]:
+    """Sample size of each named dynamic axis; an axis shared by several inputs takes its first given size."""
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        base = spec.concrete_shape()
+        for i, axis in spec.dynamic_axes.items():
+            sizes.setdefault(axis, base[i])
+    return sizes
+
+
+def sample_feed(specs: list[InputSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One random input set at the sample shapes (shared axis names get one size)."""
+    sizes = axis_sample_sizes(specs)
+    return {s.name: s.random(rng, sizes) for s in specs}
+
+
+def random_feeds(
+    specs: list[InputSpec], count: int, rng: np.random.Generator, *, vary_dynamic: bool = True
+) -> list[dict[str, np.ndarray]]:
+    """``count`` random input sets; with ``vary_dynamic`` each set draws new sizes for the dynamic axes.
+
+    An axis name shared by several inputs (``batch``, ``seq``) gets one size per set. The first set always
+    differs from the sample size (sample + 1), the others are drawn from ``1 .. max(2 * sample, 4)``.
+    """
+    axes = axis_sample_sizes(specs)
+    feeds = []
+    for k in range(count):
+        overrides = dict(axes)
+        if vary_dynamic:
+            for axis, sample in axes.items():
+                overrides[axis] = sample + 1 if k == 0 else int(rng.integers(1, max(2 * sample, 4) + 1))
+        feeds.append({s.name: s.random(rng, overrides) for s in specs})
+    return feeds
+
+
+def input_specs_from_onnx(model: "onnx.ModelProto") -> list[InputSpec]:  # noqa: F821 - onnx is imported lazily
+    """Input specs of an ONNX graph (initializers excluded); unnamed dynamic dims get ``<input>_dim<i>``."""
+    from onnx import helper
+
+    initializers = {t.name for t in model.graph.initializer}
+    axis_samples: dict[str, int] = {}  # one sample size per axis name, shared between inputs
+    out = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+            numpy_dtype(dtype)
+        except (KeyError, TypeError, InvalidInputError):
+            raise InvalidInputError(
+                f"model input '{value.name}' has a type accelserve cannot generate data for "
+                f"(ONNX elem_type {tensor_type.elem_type})",
+                hint="pass the input data with --data FEEDS.npz",
+            ) from None
+        dims: list[Dim] = []
+        sample: list[int] = []
+        for i, d in enumerate(tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+                sample.append(d.dim_value)
+            else:
+                axis = d.dim_param or f"{value.name}_dim{i}"
+                dims.append(axis)
+                sample.append(axis_samples.setdefault(axis, 1 if i == 0 else 2))
+        out.append(InputSpec(name=value.name, shape=tuple(dims), dtype=dtype, sample_shape=tuple(sample)))
+    return out

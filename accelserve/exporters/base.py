@@ -20,6 +20,9 @@ class ExportOptions:
     verify: bool = True
     verify_random_inputs: int = 3  #: random inputs checked besides the sample inputs
     precision: str = "fp32"  #: selects the verification tolerances
+    atol: float | None = None  #: verification tolerance overrides; None keeps the precision's default
+    rtol: float | None = None
+    min_cosine: float | None = None
     external_data: bool | None = None  #: None: one file below 2 GB
     factory: str | None = None  #: MODULE:FN building the model when the source is a state-dict checkpoint
     output_names: list[str] | None = None

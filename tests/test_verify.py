@@ -1,0 +1,193 @@
+"""Numerical verification (accelserve.verify) and the input-set helpers it is fed by (accelserve.specs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from accelserve.errors import InvalidInputError, VerificationError
+from accelserve.specs import InputSpec, axis_sample_sizes, input_specs_from_onnx, random_feeds, sample_feed
+from accelserve.verify import DEFAULT_TOLERANCES, Tolerance, compare_arrays, tolerance_for, verify
+from tests.graphs import make_linear_model
+
+FP32 = DEFAULT_TOLERANCES["fp32"]
+
+
+def _linear_reference(path: Path):  # noqa: ANN202 - returns the numpy forward of make_linear_model's graph
+    model = onnx.load(str(path))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return lambda feeds: {"y": np.maximum(feeds["x"] @ weights["W"] + weights["B"], 0)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# compare_arrays / tolerances
+
+
+def test_identical_arrays_pass() -> None:
+    a = np.linspace(-1, 1, 50, dtype=np.float32)
+    c = compare_arrays("y", a, a.copy(), FP32)
+    assert c.passed and c.max_abs_error == 0 and c.cosine == pytest.approx(1.0)
+
+
+def test_small_error_within_tolerance_passes_and_large_fails() -> None:
+    ref = np.linspace(1, 2, 100, dtype=np.float32)
+    assert compare_arrays("y", ref + 1e-6, ref, FP32).passed
+    bad = compare_arrays("y", ref + 1e-2, ref, FP32)
+    assert not bad.passed
+    assert bad.max_abs_error == pytest.approx(1e-2, rel=1e-3)
+    assert bad.mismatch_fraction == 1.0
+
+
+def test_one_outlier_is_counted() -> None:
+    ref = np.ones(1000, dtype=np.float32)
+    act = ref.copy()
+    act[7] = 1.5
+    c = compare_arrays("y", act, ref, FP32)
+    assert not c.passed and c.mismatch_fraction == pytest.approx(1 / 1000)
+    assert c.max_rel_error == pytest.approx(0.5)
+
+
+def test_shape_mismatch_fails() -> None:
+    c = compare_arrays("y", np.zeros((2, 3)), np.zeros((3, 2)), FP32)
+    assert not c.passed and c.max_abs_error == float("inf")
+
+
+def test_nan_in_only_one_side_fails_and_matching_nan_passes() -> None:
+    ref = np.array([1.0, np.nan, 3.0])
+    assert compare_arrays("y", ref.copy(), ref, FP32).passed
+    assert not compare_arrays("y", np.array([1.0, 2.0, 3.0]), ref, FP32).passed
+
+
+def test_int8_tolerance_checks_cosine_only() -> None:
+    tol = DEFAULT_TOLERANCES["int8"]
+    ref = np.linspace(-1, 1, 200)
+    noisy = ref + np.random.default_rng(0).normal(0, 0.02, ref.shape)
+    assert compare_arrays("y", noisy, ref, tol).passed  # abs error ~0.05, cosine > 0.99
+    assert not compare_arrays("y", -ref, ref, tol).passed
+
+
+def test_tolerance_for_overrides_and_unknown_precision() -> None:
+    t = tolerance_for("fp16", atol=0.5)
+    assert t == Tolerance(atol=0.5, rtol=DEFAULT_TOLERANCES["fp16"].rtol, min_cosine=DEFAULT_TOLERANCES["fp16"].min_cosine)
+    assert tolerance_for("FP32") == FP32
+    with pytest.raises(InvalidInputError, match="unknown precision 'fp7'"):
+        tolerance_for("fp7")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# verify() on a real ONNX Runtime session
+
+
+def test_verify_passes_against_the_numpy_forward(linear_model: Path) -> None:
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((b, 4)).astype(np.float32)} for b in (1, 3, 8)]
+    report = verify(linear_model, feeds, _linear_reference(linear_model))
+    assert report.passed
+    assert {c.sample for c in report.comparisons} == {0, 1, 2}
+    assert "PASS" in report.table() and "3 input set(s)" in report.table()
+    assert report.raise_if_failed() is report
+    assert report.to_dict()["passed"] is True
+
+
+def test_verify_reports_a_wrong_reference(linear_model: Path) -> None:
+    good = _linear_reference(linear_model)
+    feeds = [{"x": np.ones((2, 4), np.float32)}, {"x": -np.ones((2, 4), np.float32)}]
+    report = verify(linear_model, feeds, lambda f: {"y": good(f)["y"] + 0.1})
+    assert not report.passed
+    table = report.table()
+    assert "FAIL" in table and "y" in table
+    with pytest.raises(VerificationError, match="out of tolerance"):
+        report.raise_if_failed()
+
+
+def test_verify_with_expected_outputs_list(linear_model: Path) -> None:
+    ref = _linear_reference(linear_model)
+    feeds = [{"x": np.full((2, 4), v, np.float32)} for v in (0.5, -0.25)]
+    expected = [ref(f) for f in feeds]
+    assert verify(linear_model, feeds, expected).passed
+    # sequence outputs are matched to the model's outputs in order
+    assert verify(linear_model, feeds, [[e["y"]] for e in expected]).passed
+
+
+def test_verify_reference_with_wrong_output_count(linear_model: Path) -> None:
+    feeds = [{"x": np.ones((1, 4), np.float32)}]
+    with pytest.raises(InvalidInputError, match="returned 2 outputs"):
+        verify(linear_model, feeds, lambda f: [np.ones((1, 3)), np.ones((1, 3))])
+    with pytest.raises(InvalidInputError, match="no output 'y'"):
+        verify(linear_model, feeds, lambda f: {"z": np.ones((1, 3))})
+
+
+def test_verify_needs_feeds(linear_model: Path) -> None:
+    with pytest.raises(InvalidInputError, match="at least one"):
+        verify(linear_model, [], lambda f: {})
+
+
+def test_verify_wrong_rank_input_is_a_user_error(linear_model: Path) -> None:
+    with pytest.raises(InvalidInputError, match="rejected the inputs"):
+        verify(linear_model, [{"x": np.ones((4,), np.float32)}], _linear_reference(linear_model))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# input sets
+
+
+def test_sample_feed_shares_axis_sizes() -> None:
+    specs = [InputSpec.parse("ids:1xseq=16:int64"), InputSpec.parse("mask:1xseq:int64")]
+    assert axis_sample_sizes(specs) == {"batch": 1, "seq": 16}
+    feed = sample_feed(specs, np.random.default_rng(0))
+    assert feed["ids"].shape == feed["mask"].shape == (1, 16)
+    assert feed["ids"].dtype == np.int64
+
+
+def test_random_feeds_vary_dynamic_axes_together() -> None:
+    specs = [InputSpec.parse("a:2xseq=8x4:float32"), InputSpec.parse("b:2xseq:float32")]
+    feeds = random_feeds(specs, 6, np.random.default_rng(1))
+    assert len(feeds) == 6
+    assert feeds[0]["a"].shape == (3, 9, 4)  # the first set is sample + 1 on every dynamic axis
+    for f in feeds:
+        assert f["a"].shape[:2] == f["b"].shape and f["a"].shape[2] == 4
+    assert len({f["a"].shape for f in feeds}) > 1
+    fixed = random_feeds(specs, 2, np.random.default_rng(1), vary_dynamic=False)
+    assert all(f["a"].shape == (2, 8, 4) for f in fixed)
+
+
+def test_random_feeds_respect_value_range() -> None:
+    spec = InputSpec(name="ids", shape=("batch", 5), dtype="int64", sample_shape=(2, 5), low=3, high=7)
+    for f in random_feeds([spec], 4, np.random.default_rng(0)):
+        assert f["ids"].min() >= 3 and f["ids"].max() < 7
+
+
+def test_input_specs_from_onnx(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["out"]), helper.make_node("Identity", ["img"], ["out2"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("img", TensorProto.FLOAT, [None, 3, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("out2", TensorProto.FLOAT, [None, 3, 8])],
+    )
+    specs = input_specs_from_onnx(helper.make_model(graph))
+    assert [(s.name, s.shape, s.dtype) for s in specs] == [
+        ("ids", ("batch", "seq"), "int64"), ("img", ("img_dim0", 3, 8), "float32")]
+    assert specs[0].concrete_shape() == (1, 2)
+
+
+def test_input_specs_from_onnx_refuses_unsupported_types() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["o"])], "g",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+        [helper.make_tensor_value_info("o", TensorProto.STRING, [1])],
+    )
+    with pytest.raises(InvalidInputError, match="--data"):
+        input_specs_from_onnx(helper.make_model(graph))
+
+
+def test_linear_model_fixture_specs(linear_model: Path) -> None:
+    specs = input_specs_from_onnx(onnx.load(str(linear_model)))
+    assert [(s.name, s.shape) for s in specs] == [("x", ("batch", 4))]
+    feed = sample_feed(specs, np.random.default_rng(0))
+    assert verify(linear_model, [feed], _linear_reference(linear_model)).passed
+
