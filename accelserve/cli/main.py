@@ -19,6 +19,12 @@ from accelserve.errors import AccelserveError
 #: command modules under accelserve.cli, in --help order
 COMMAND_MODULES = [
     "plugins_cmd",
+    "export_cmd",
+    "verify_cmd",
+    "repo_cmd",
+    "serve_cmd",
+    "infer_cmd",
+    "demo_cmd",
 ]
 
 EXIT_USER_ERROR = 1
