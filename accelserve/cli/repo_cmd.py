@@ -42,8 +42,9 @@ def _register_add(cmds: argparse._SubParsersAction) -> None:
     a.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=(), metavar="N",
                    help="dynamic batching preferred batch sizes")
     a.add_argument("--max-queue-delay-us", type=int, default=None, help="dynamic batching max queue delay (us)")
-    a.add_argument("--warmup", nargs="?", const="random", choices=["random", "zero"], default=None,
-                   help="add a model_warmup request at batch 1 with random (default) or zero data")
+    a.add_argument("--warmup", action="store_true", help="add a model_warmup request at batch 1")
+    a.add_argument("--warmup-data", choices=["random", "zero"], default="random",
+                   help="data of the warmup request (default: random)")
     a.add_argument("--accelerator", choices=["tensorrt"], default=None,
                    help="ONNX Runtime's TensorRT execution provider in Triton's onnxruntime backend (GPU)")
     a.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
@@ -68,7 +69,7 @@ def run_add(args: argparse.Namespace) -> int:
         dynamic_batching=args.dynamic_batching,
         preferred_batch_sizes=tuple(args.preferred_batch_sizes),
         max_queue_delay_us=args.max_queue_delay_us,
-        warmup=args.warmup,
+        warmup=args.warmup_data if args.warmup else None,
         accelerator=args.accelerator,
         precision=args.precision,
         workspace_bytes=args.workspace_bytes,

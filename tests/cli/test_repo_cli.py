@@ -27,7 +27,8 @@ def model(tmp_path: Path) -> Path:
 def test_add_twice_then_list_and_validate(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "repo"
     args = ["repo", "add", str(model), "--repo", str(repo), "--name", "ident"]
-    assert main([*args, "--max-batch-size", "8", "--preferred-batch-sizes", "2", "4", "--warmup"]) == 0
+    # --warmup is a plain flag: written before the positional model path it must not swallow it
+    assert main(["repo", "add", "--warmup", *args[2:], "--max-batch-size", "8", "--preferred-batch-sizes", "2", "4"]) == 0
     assert "version 1 (new model)" in capsys.readouterr().out
     config = read_config(repo / "ident")
     assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [2, 4]
