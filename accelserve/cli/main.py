@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "repo_cmd",
     "serve_cmd",
     "infer_cmd",
+    "optimize_cmd",
+    "evaluate_cmd",
     "demo_cmd",
 ]
 

@@ -1,0 +1,160 @@
+"""The evaluation harness on tiny graphs: size, FLOPs, accuracy, latency, memory, reports and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from accelserve.calibration import load_calibration
+from accelserve.cli.main import main
+from accelserve.errors import InvalidInputError
+from accelserve.evaluate import (
+    accuracy_vs_base,
+    count_parameters,
+    evaluate_models,
+    flops,
+    labelled_metric,
+    make_batch,
+    measure_latency,
+    peak_memory,
+    run_model,
+    size_stats,
+)
+from tests.evaluate.models import cnn_feeds, make_cnn, make_mlp_block
+
+
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep calibration statistics of the tests out of the user's cache directory."""
+    monkeypatch.setenv("ACCELSERVE_CACHE_DIR", str(tmp_path / "accelserve-cache"))
+
+
+@pytest.fixture
+def cnn(tmp_path: Path) -> Path:
+    return make_cnn(tmp_path / "cnn.onnx")
+
+
+def test_parameters_count_float_initializers_and_nonzeros(cnn: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(cnn))
+    expected = sum(numpy_helper.to_array(i).size for i in model.graph.initializer)
+    assert count_parameters(cnn) == (expected, expected)
+    w2 = next(i for i in model.graph.initializer if i.name == "w2")
+    arr = numpy_helper.to_array(w2).copy()
+    arr[:4] = 0  # prune 4 output channels
+    w2.CopyFrom(numpy_helper.from_array(arr, "w2"))
+    onnx.save(model, str(tmp_path / "pruned.onnx"))
+    total, nonzero = count_parameters(tmp_path / "pruned.onnx")
+    assert total == expected and nonzero == expected - 4 * 8 * 3 * 3
+    stats = size_stats(cnn)
+    assert stats.file_bytes == cnn.stat().st_size and stats.parameters == expected
+
+
+def test_flops_of_conv_and_gemm_from_shapes(cnn: Path) -> None:
+    count = flops(cnn)
+    conv1 = 8 * 8 * 8 * (1 * 9)  # out C x H x W x (C_in/group x kernel)
+    conv2 = 8 * 8 * 8 * (8 * 9)
+    conv3 = 16 * 4 * 4 * (8 * 9)
+    fc = 5 * 16
+    assert count.per_node == {"conv1": 2 * conv1, "conv2": 2 * conv2, "conv3": 2 * conv3, "fc": 2 * fc}
+    assert count.total == 2 * (conv1 + conv2 + conv3 + fc) and not count.unknown
+    assert flops(cnn, {"x": (4, 1, 8, 8)}).total == 4 * count.total
+
+
+def test_flops_of_matmul_needs_concrete_dims(tmp_path: Path) -> None:
+    mlp = make_mlp_block(tmp_path / "mlp.onnx")
+    assert sorted(flops(mlp).unknown) == ["down_proj", "up_proj"]  # "seq" stays dynamic
+    count = flops(mlp, {"x": (2, 10, 16)})
+    assert count.total == 2 * (2 * 10 * 32 * 16 + 2 * 10 * 16 * 32)
+
+
+def test_accuracy_of_identical_and_different_models(cnn: Path, tmp_path: Path) -> None:
+    feeds = cnn_feeds(count=2)
+    same = accuracy_vs_base(cnn, cnn, feeds)
+    assert same.max_abs_error == 0 and same.cosine == pytest.approx(1.0) and same.top1_agreement == 1.0
+    assert same.samples == 16
+    other = make_cnn(tmp_path / "other.onnx", seed=3)
+    diff = accuracy_vs_base(cnn, other, feeds)
+    assert diff.max_abs_error > 0 and diff.cosine < 0.99 and diff.top1_agreement < 1.0
+
+
+def test_labelled_metric_default_top1_and_custom(cnn: Path) -> None:
+    feeds = cnn_feeds(count=2)
+    outputs = run_model(cnn, feeds)
+    labels = np.concatenate([np.argmax(o["y"], axis=-1) for o in outputs])
+    assert labelled_metric(outputs, labels) == 1.0
+    flipped = (labels + 1) % 5
+    assert labelled_metric(outputs, flipped) == 0.0
+    assert labelled_metric(outputs, labels, lambda out, lab: float(out["y"].shape[0] == lab.size)) == 1.0
+    with pytest.raises(InvalidInputError, match="there are 3 labels but 16 predictions"):
+        labelled_metric(outputs, labels[:3])
+
+
+def test_latency_stats_are_ordered_and_batch_is_built_cyclically(cnn: Path) -> None:
+    feeds = cnn_feeds(count=1, batch=3)
+    batch = make_batch(feeds, 7)
+    assert batch["x"].shape == (7, 1, 8, 8)
+    np.testing.assert_array_equal(batch["x"][3:6], feeds[0]["x"])
+    stats = measure_latency(cnn, feeds, batch_size=4, threads=1, warmup=2, min_runs=5, max_seconds=2.0)
+    assert stats.runs >= 5 and stats.threads == 1 and stats.batch_size == 4
+    assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+    assert stats.throughput == pytest.approx(4 / (stats.p50_ms / 1e3))
+
+
+def test_fixed_batch_model_cannot_be_timed_at_another_batch(tmp_path: Path) -> None:
+    model = onnx.load(str(make_cnn(tmp_path / "cnn.onnx")))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    with pytest.raises(InvalidInputError, match="fixed batch size of 2"):
+        measure_latency(tmp_path / "fixed.onnx", cnn_feeds(batch=2), batch_size=4, min_runs=1)
+
+
+def test_peak_memory_is_measured_in_a_fresh_process(cnn: Path) -> None:
+    mem = peak_memory(cnn, cnn_feeds(count=1), threads=1)
+    assert mem.peak_rss_bytes >= mem.baseline_rss_bytes > 10_000_000  # python + onnxruntime are > 10 MB
+
+
+def test_report_json_markdown_and_png(cnn: Path, tmp_path: Path) -> None:
+    other = make_cnn(tmp_path / "other.onnx", seed=3)
+    data = load_calibration(lambda: cnn_feeds(count=2), cnn)
+    labels = np.concatenate([np.argmax(o["y"], -1) for o in run_model(cnn, data.feeds())])
+    report = evaluate_models(cnn, [cnn, other], data, labels=labels, batch_sizes=(1, 4), threads=1, memory=False,
+                             names=["same", "other"], max_seconds=0.5)
+    files = report.write(json=tmp_path / "r.json", markdown=tmp_path / "r.md", plot=tmp_path / "r.png")
+    assert [f.name for f in files] == ["r.json", "r.md", "r.png"]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert set(doc) == {"schema_version", "smoke_only", "data", "threads", "batch_sizes", "metric_name", "machine",
+                        "base", "candidates"}
+    assert doc["smoke_only"] is False and doc["metric_name"] == "top1_accuracy"
+    same, diff = doc["candidates"]
+    assert set(same) >= {"name", "size", "flops", "accuracy", "metric", "metric_drop", "latency", "memory",
+                         "compression_ratio", "speedup_p50"}
+    assert same["metric_drop"] == 0.0 and diff["metric_drop"] > 0
+    assert [lat["batch_size"] for lat in same["latency"]] == [1, 4]
+    md = (tmp_path / "r.md").read_text()
+    assert "| same |" in md and "| other |" in md and "top1_accuracy" in md
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_random_data_reports_say_smoke_only(cnn: Path) -> None:
+    data = load_calibration(None, cnn, random=True, count=2)
+    report = evaluate_models(cnn, [cnn], data, speed=False, memory=False)
+    assert report.to_dict()["smoke_only"] is True
+    assert "Smoke only" in report.markdown()
+
+
+def test_evaluate_cli_writes_json_and_fails_cleanly(cnn: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    np.savez(tmp_path / "d.npz", x=np.concatenate([f["x"] for f in cnn_feeds(count=2)]))
+    code = main(["evaluate", str(cnn), str(cnn), "--data", str(tmp_path / "d.npz"), "--no-memory",
+                 "--max-seconds", "0.3", "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")])
+    assert code == 0
+    assert json.loads((tmp_path / "e.json").read_text())["candidates"][0]["accuracy"]["cosine"] == pytest.approx(1.0)
+    assert (tmp_path / "e.png").exists()
+    assert main(["evaluate", str(cnn), str(tmp_path / "missing.onnx"), "--random-data", "--no-speed",
+                 "--no-memory"]) == 1
+    assert "does not exist" in capsys.readouterr().err
