@@ -33,43 +33,6 @@ def torch_module():
 # (a) digits CNN
 
 
-def digits_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's bundled digits, scaled to [0, 1], as [N, 1, 8, 8] float32; a stratified 70/30 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
-    y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
-    return x_train, y_train, x_test, y_test
-
-
-def train_digits_cnn(x_train: np.ndarray, y_train: np.ndarray, epochs: int = 30, seed: int = 0) -> Any:
-    torch = torch_module()
-    nn = torch.nn
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(64, 10),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
 def export(model: Any, sample: dict[str, np.ndarray], path: Path, inputs: list[str]) -> Path:
     from accelserve import export_torch
 
@@ -77,12 +40,11 @@ def export(model: Any, sample: dict[str, np.ndarray], path: Path, inputs: list[s
     return path
 
 
-def digits_cnn(workdir: Path, epochs: int = 30) -> tuple[Path, dict[str, np.ndarray]]:
-    """Train and export the digits CNN; returns the model path and the data split."""
-    x_train, y_train, x_test, y_test = digits_data()
-    model = train_digits_cnn(x_train, y_train, epochs=epochs)
-    path = export(model, {"x": x_test[:4]}, workdir / "digits_cnn.onnx", ["x:1x1x8x8:float32"])
-    return path, {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+def digits_cnn(workdir: Path, epochs: int = 30) -> tuple[Path, Any]:
+    """Train and export the digits CNN (accelserve.examples.digits, pooled head); returns its path and data split."""
+    from accelserve.examples.digits import digits_cnn as train_and_export
+
+    return train_and_export(workdir / "digits_cnn.onnx", width=16, head="pool", epochs=epochs)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -71,10 +71,10 @@ def rows_from(report: Any, names: list[str], batch: int, flop_shapes: dict | Non
 
 
 def bench_digits(work: Path, quick: bool, threads: int | None, seconds: float) -> dict[str, Any]:
-    from accelserve.passes.pruning.demo_models import digits_cnn
+    from accelserve.examples.digits import digits_cnn
 
-    model, data = digits_cnn(work / "digits.onnx", width=16 if quick else 32, epochs=2 if quick else 8)
-    np.savez(work / "calib.npz", input=data.x_train[:512])
+    model, data = digits_cnn(work / "digits.onnx", width=16 if quick else 32, head="dense", epochs=2 if quick else 8)
+    np.savez(work / "calib.npz", x=data.x_train[:512])
     np.save(work / "calib_labels.npy", data.y_train[:512])
     calib = load_calibration(work / "calib.npz", model)
     labels = str(work / "calib_labels.npy")
@@ -93,7 +93,7 @@ def bench_digits(work: Path, quick: bool, threads: int | None, seconds: float) -
         out = work / f"digits_{i}.onnx"
         passes[label] = run_pass(name, config, model, out, calib)
         paths.append(out)
-    test = [{"input": data.x_test[s:s + 64]} for s in range(0, len(data.y_test), 64)]
+    test = [{"x": data.x_test[s:s + 64]} for s in range(0, len(data.y_test), 64)]
     report = evaluate_models(model, paths, test, labels=data.y_test, batch_sizes=(32,), threads=threads,
                              memory=False, names=list(variants), max_seconds=seconds)
     rows = rows_from(report, list(variants), 32)
@@ -107,7 +107,7 @@ def bench_digits(work: Path, quick: bool, threads: int | None, seconds: float) -
 
 
 def bench_resnet(work: Path, quick: bool, threads: int | None, seconds: float) -> dict[str, Any]:
-    from accelserve.passes.pruning.demo_models import resnet_onnx
+    from accelserve.examples.onnx_models import resnet_onnx
 
     model = resnet_onnx(work / "resnet.onnx", widths=(16, 32, 64) if quick else (32, 64, 128), image=32)
     rng = np.random.default_rng(0)
@@ -129,7 +129,7 @@ def bench_resnet(work: Path, quick: bool, threads: int | None, seconds: float) -
 
 
 def bench_ffn(work: Path, quick: bool, threads: int | None, seconds: float) -> dict[str, Any]:
-    from accelserve.passes.pruning.demo_models import ffn_onnx
+    from accelserve.examples.onnx_models import ffn_onnx
 
     d_model, d_ff, seq = (128, 512, 32) if quick else (256, 1024, 64)
     rng = np.random.default_rng(0)

@@ -114,10 +114,10 @@ def bench_digits(work: Path, quick: bool, threads: int, rounds: int) -> dict[str
 
     base, data = digits_cnn(work, epochs=3 if quick else 30)
     n_calib = 64 if quick else 256
-    np.savez(work / "digits_calib.npz", x=data["x_train"][:n_calib])
+    np.savez(work / "digits_calib.npz", x=data.x_train[:n_calib])
     calib = load_calibration(str(work / "digits_calib.npz"), base, batch_size=32)
     feeds = calib.feeds()
-    x_test, y_test = data["x_test"], data["y_test"]
+    x_test, y_test = data.x_test, data.y_test
 
     def accuracy(path: Path) -> float:
         outs = run_model(path, [{"x": x_test[i:i + 128]} for i in range(0, len(x_test), 128)], threads)

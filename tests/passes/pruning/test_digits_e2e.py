@@ -13,8 +13,8 @@ pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'acce
 pytest.importorskip("sklearn", reason="scikit-learn (the digits data) is not installed")
 
 from accelserve.evaluate._ort import run_model
+from accelserve.examples.digits import digits_cnn, top1_accuracy
 from accelserve.optimize import optimize
-from accelserve.passes.pruning.demo_models import digits_cnn
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def pruned_digits(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("digits")
-    model, data = digits_cnn(work / "digits.onnx", width=16, epochs=4)
-    np.savez(work / "calib.npz", input=data.x_train[:512])
+    model, data = digits_cnn(work / "digits.onnx", width=16, head="dense", epochs=4)
+    np.savez(work / "calib.npz", x=data.x_train[:512])
     np.save(work / "labels.npy", data.y_train[:512])
     result = optimize(model, "prune-channels", work / "pruned.onnx",
                       {"ratio": 0.5, "importance": "activation", "labels": str(work / "labels.npy")},
@@ -31,17 +31,13 @@ def pruned_digits(tmp_path_factory: pytest.TempPathFactory):
     return model, result, data
 
 
-def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    (out,) = run_model(path, [{"input": x}])
-    return float((next(iter(out.values())).argmax(axis=1) == y).mean())
-
-
 def test_half_the_channels_removed_accuracy_kept(pruned_digits) -> None:
     model, result, data = pruned_digits
     report = result.passes[0].report
     assert report["groups_pruned"] == 4  # three convolutions and the hidden Linear; the classifier is the output
     assert report["parameters"]["after"] < 0.4 * report["parameters"]["before"]
-    base, pruned = accuracy(model, data.x_test, data.y_test), accuracy(result.output.path, data.x_test, data.y_test)
+    base = top1_accuracy(model, data.x_test, data.y_test)
+    pruned = top1_accuracy(result.output.path, data.x_test, data.y_test)
     assert base > 0.9
     assert pruned >= base - 0.03, (base, pruned)  # bench/pruning.py measures the 2-point target at full size
     held = report["held_out"]
@@ -60,9 +56,9 @@ def test_pruned_model_served_by_triton_matches_onnxruntime(pruned_digits, tmp_pa
     repo = tmp_path / "repo"
     add_model(result.output.path, repo, "digits_pruned")
     x = data.x_test[:32]
-    (local,) = run_model(result.output.path, [{"input": x}])
+    (local,) = run_model(result.output.path, [{"x": x}])
     with TritonServer(repo) as server, TritonClient(server.http_url) as client:
-        served = client.infer("digits_pruned", {"input": x})
+        served = client.infer("digits_pruned", {"x": x})
     assert set(served) == set(local)
     for name, value in local.items():
         np.testing.assert_allclose(served[name], value, rtol=1e-4, atol=1e-4)

@@ -1,7 +1,7 @@
-"""Models for the pruning/low-rank benchmarks and end-to-end tests (no downloads).
+"""ONNX models built directly with onnx.helper for the pruning/low-rank benchmarks and tests (no downloads).
 
-* :func:`digits_cnn` -- a small CNN trained here (PyTorch) on scikit-learn's bundled 8x8 digits and exported with
-  accelserve's own exporter: input ``[batch, 1, 8, 8]`` float32, logits ``[batch, 10]``.
+The digits CNN lives in :mod:`accelserve.examples.digits`.
+
 * :func:`resnet_onnx` -- a ResNet-style CNN with residual basic blocks (Conv/BatchNorm/ReLU, 1x1 projection
   shortcuts), random weights, built directly as ONNX: input ``[batch, 3, 32, 32]``.
 * :func:`ffn_onnx` -- a transformer feed-forward block ``LayerNorm(x + W2 gelu(W1 x + b1) + b2)`` on
@@ -11,70 +11,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from accelserve._lazy import require
 from accelserve.onnx_io import check_model, save_onnx
-
-
-@dataclass
-class DigitsData:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def digits_data(seed: int = 0) -> DigitsData:
-    """scikit-learn's 1797 8x8 digits, scaled to [0, 1], shape [n, 1, 8, 8]; a fixed 2/3 : 1/3 split."""
-    datasets = require("sklearn.datasets", "the digits benchmark (scikit-learn's bundled digits)")
-    digits = datasets.load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(y))
-    cut = (2 * len(y)) // 3
-    return DigitsData(x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]])
-
-
-def _digits_module(torch, width: int):
-    nn = torch.nn
-
-    def block(cin: int, cout: int) -> list:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    return nn.Sequential(
-        *block(1, width), *block(width, 2 * width), nn.MaxPool2d(2), *block(2 * width, 4 * width),
-        nn.Flatten(), nn.Linear(4 * width * 16, 128), nn.ReLU(), nn.Linear(128, 10),
-    )
-
-
-def digits_cnn(path: str | Path, *, width: int = 32, epochs: int = 8, seed: int = 0) -> tuple[Path, DigitsData]:
-    """Train the digits CNN (a few seconds on a CPU) and export it to ``path`` with accelserve's torch exporter."""
-    torch = require("torch", "training the digits CNN")
-    from accelserve.exporters.torch_exporter import export_torch
-
-    data = digits_data(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    model = _digits_module(torch, width)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(128):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    path = Path(path)
-    export_torch(model, torch.from_numpy(data.x_test[:4]), path, inputs=["input:4x1x8x8:float32"])
-    return path, data
 
 
 class _Builder:

@@ -1,0 +1,97 @@
+"""The digits CNN: a small CNN trained here, in seconds, on scikit-learn's bundled 8x8 digits (nothing is
+downloaded). The benchmarks and the end-to-end tests of quantization and pruning share it.
+
+Two heads: ``"pool"`` (global average pooling → Linear, compact) and ``"dense"`` (Flatten → Linear → ReLU → Linear,
+which exercises channel pruning through Flatten into a dense layer). Input ``x``: ``[batch, 1, 8, 8]`` float32 in
+[0, 1]; output: logits ``[batch, 10]``. Importing this module imports neither torch nor scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from accelserve._lazy import require
+
+INPUT_NAME = "x"
+Head = Literal["pool", "dense"]
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def digits_data(seed: int = 0) -> DigitsData:
+    """scikit-learn's 1797 digits scaled to [0, 1] as ``[n, 1, 8, 8]`` float32; a stratified 70/30 split."""
+    datasets = require("sklearn.datasets", "the digits data set (scikit-learn's bundled digits)")
+    model_selection = require("sklearn.model_selection", "the digits data set")
+    digits = datasets.load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+        x, y, test_size=0.3, random_state=seed, stratify=y)
+    return DigitsData(x_train, y_train, x_test, y_test)
+
+
+def digits_module(width: int = 16, head: Head = "pool") -> Any:
+    """Three Conv-BN-ReLU blocks (``width``, 2×, 4× channels, a 2×2 max-pool after the second) and the chosen head."""
+    nn = require("torch", "building the digits CNN").nn
+
+    def block(cin: int, cout: int) -> list[Any]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    body = [*block(1, width), *block(width, 2 * width), nn.MaxPool2d(2), *block(2 * width, 4 * width)]
+    if head == "pool":
+        tail = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 10)]
+    elif head == "dense":
+        tail = [nn.Flatten(), nn.Linear(4 * width * 16, 128), nn.ReLU(), nn.Linear(128, 10)]
+    else:
+        raise ValueError(f"unknown head {head!r}: 'pool' or 'dense'")
+    return nn.Sequential(*body, *tail)
+
+
+def train_digits_cnn(data: DigitsData, *, width: int = 16, head: Head = "pool", epochs: int = 15,
+                     seed: int = 0) -> Any:
+    """Train with Adam (lr 3e-3, batch 64) on ``data.x_train``; returns the module in eval mode."""
+    torch = require("torch", "training the digits CNN")
+    torch.manual_seed(seed)
+    model = digits_module(width, head)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def digits_cnn(path: str | Path, *, width: int = 16, head: Head = "pool", epochs: int = 15,
+               seed: int = 0) -> tuple[Path, DigitsData]:
+    """Train the digits CNN and export it to ``path`` with accelserve's (verified) torch exporter."""
+    from accelserve.exporters.torch_exporter import export_torch
+
+    data = digits_data(seed)
+    model = train_digits_cnn(data, width=width, head=head, epochs=epochs, seed=seed)
+    path = Path(path)
+    export_torch(model, {INPUT_NAME: data.x_test[:4]}, path, inputs=[f"{INPUT_NAME}:4x1x8x8:float32"])
+    return path, data
+
+
+def top1_accuracy(model_path: str | Path, x: np.ndarray, y: np.ndarray, threads: int | None = None) -> float:
+    """Held-out top-1 accuracy of an ONNX digits model under ONNX Runtime."""
+    from accelserve.runtimes.onnxruntime_runtime import OnnxRuntimeSession
+
+    session = OnnxRuntimeSession(model_path, threads=threads)
+    name = session.inputs[0].name
+    logits = np.concatenate([next(iter(session.run({name: x[i:i + 256]}).values())) for i in range(0, len(x), 256)])
+    return float(np.mean(logits.argmax(axis=-1) == y))
