@@ -139,20 +139,24 @@ def sample_feed(specs: list[InputSpec], rng: np.random.Generator) -> dict[str, n
 
 
 def random_feeds(
-    specs: list[InputSpec], count: int, rng: np.random.Generator, *, vary_dynamic: bool = True
+    specs: list[InputSpec], count: int, rng: np.random.Generator, *, vary_dynamic: bool = True,
+    max_sizes: dict[str, int] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """``count`` random input sets; with ``vary_dynamic`` each set draws new sizes for the dynamic axes.
 
     An axis name shared by several inputs (``batch``, ``seq``) gets one size per set. The first set always
-    differs from the sample size (sample + 1), the others are drawn from ``1 .. max(2 * sample, 4)``.
+    differs from the sample size (sample + 1), the others are drawn from ``1 .. max(2 * sample, 4)``; sizes never
+    exceed ``max_sizes[axis]`` (an upper bound the model has, e.g. 512 positions).
     """
     axes = axis_sample_sizes(specs)
+    max_sizes = max_sizes or {}
     feeds = []
     for k in range(count):
         overrides = dict(axes)
         if vary_dynamic:
             for axis, sample in axes.items():
-                overrides[axis] = sample + 1 if k == 0 else int(rng.integers(1, max(2 * sample, 4) + 1))
+                size = sample + 1 if k == 0 else int(rng.integers(1, max(2 * sample, 4) + 1))
+                overrides[axis] = min(size, max_sizes.get(axis, size))
         feeds.append({s.name: s.random(rng, overrides) for s in specs})
     return feeds
 

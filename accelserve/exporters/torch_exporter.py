@@ -118,7 +118,42 @@ def _trace_args(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], torc
     return tuple(args)
 
 
-def _capture(loaded: LoadedTorchModel, args: tuple[Any, ...], dynamic_shapes: tuple[Any, ...], torch: Any) -> Any:
+def _bounded_shapes(exc: BaseException, dynamic_shapes: tuple[Any, ...], torch: Any) -> tuple[Any, list[str]] | None:
+    """torch.export's suggested fixes, if they only put bounds on dynamic axes (no axis becomes static).
+
+    Returns the refined dynamic shapes and a note per bounded axis, or None when a fix would specialize an axis."""
+    try:
+        from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+        refined = refine_dynamic_shapes_from_suggested_fixes(getattr(exc, "msg", str(exc)), dynamic_shapes)
+    except Exception:  # noqa: BLE001 - no usable suggestion: the caller reports the original error
+        return None
+    notes: list[str] = []
+    for before, after in zip(dynamic_shapes, refined):
+        for axis, old in (before or {}).items():
+            new = (after or {}).get(axis) if isinstance(after, dict) else None
+            if not isinstance(new, type(old)):
+                return None  # the fix makes this axis static (or drops it): not a bound
+            lo, hi = getattr(new, "min", None), getattr(new, "max", None)
+            if (lo, hi) != (getattr(old, "min", None), getattr(old, "max", None)):
+                notes.append(f"dynamic axis '{new.__name__}' bounded to [{lo}, {hi}] as the model's code requires")
+    return (refined, sorted(set(notes))) if notes else None
+
+
+def _axis_upper_bounds(dynamic_shapes: tuple[Any, ...], back: dict[str, str]) -> dict[str, int]:
+    """Finite upper bounds of the captured dynamic axes, by the spec's axis names."""
+    bounds: dict[str, int] = {}
+    for shape in dynamic_shapes:
+        for dim in (shape or {}).values() if isinstance(shape, dict) else ():
+            hi = getattr(dim, "max", None)
+            if isinstance(hi, int) and 0 < hi < 2**31:
+                bounds[back.get(dim.__name__, dim.__name__)] = hi
+    return bounds
+
+
+def _capture(loaded: LoadedTorchModel, args: tuple[Any, ...], dynamic_shapes: tuple[Any, ...],
+             torch: Any) -> tuple[Any, tuple[Any, ...], list[str]]:
+    """The ExportedProgram, the dynamic shapes it was captured with, and notes on bounds torch.export needed."""
     module = loaded.module
     if loaded.kind == "torchscript":
         try:
@@ -133,9 +168,16 @@ def _capture(loaded: LoadedTorchModel, args: tuple[Any, ...], dynamic_shapes: tu
     user_error = getattr(getattr(torch, "_dynamo", None), "exc", None)
     user_error = getattr(user_error, "UserError", ()) if user_error else ()
     try:
-        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False), dynamic_shapes, []
     except Exception as exc:
         if user_error and isinstance(exc, user_error):
+            bounded = _bounded_shapes(exc, dynamic_shapes, torch)
+            if bounded is not None:  # the code only bounds an axis (e.g. 512 position embeddings): keep it dynamic
+                shapes, notes = bounded
+                try:
+                    return torch.export.export(module, args, dynamic_shapes=shapes, strict=False), shapes, notes
+                except Exception:  # noqa: BLE001 - report the original, more telling error below
+                    pass
             raise ExportError(
                 f"torch.export cannot capture {loaded.description} with these dynamic axes: {summarize_error(exc)}",
                 hint="an axis the model's code fixes must be static: write its size instead of a name or -1 in "
@@ -144,7 +186,7 @@ def _capture(loaded: LoadedTorchModel, args: tuple[Any, ...], dynamic_shapes: tu
             ) from exc
         first = exc
     try:  # like torch.onnx: non-strict first, then strict (TorchDynamo)
-        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=True)
+        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=True), dynamic_shapes, []
     except Exception:
         raise ExportError(
             f"torch.export cannot capture {loaded.description}: {summarize_error(first)}",
@@ -242,7 +284,7 @@ def export_loaded(
     dynamic_shapes, back = dynamic_shapes_for(specs, torch)
     args = _trace_args(sample, specs, torch)
     with _quiet_torch():
-        program = _capture(loaded, args, dynamic_shapes, torch)
+        program, dynamic_shapes, capture_notes = _capture(loaded, args, dynamic_shapes, torch)
         proto = _to_onnx(program, args, names, list(output_names), dynamic_shapes, options.opset, torch)
     _finish_axes(proto, specs, back)
     proto.producer_name = "accelserve (torch.onnx dynamo exporter)"
@@ -256,7 +298,8 @@ def export_loaded(
         checked = check_model(tmp)
         report: VerificationReport | None = None
         if options.verify:
-            feeds = [sample, *random_feeds(specs, options.verify_random_inputs, rng)]
+            feeds = [sample, *random_feeds(specs, options.verify_random_inputs, rng,
+                                           max_sizes=_axis_upper_bounds(dynamic_shapes, back))]
             report = verify(tmp, feeds, reference, precision=options.precision, tolerance=tolerance)
             report.model = str(output)
             if not report.passed:
@@ -281,7 +324,7 @@ def export_loaded(
         metadata["verification"] = report.to_dict()
     artifact = ModelArtifact(output, source_framework="torch", precision="fp32", history=("export:torch",),
                              metadata=metadata)
-    messages = [f"made ONNX Runtime-compatible: {c}" for c in compat.changes]
+    messages = [*capture_notes, *(f"made ONNX Runtime-compatible: {c}" for c in compat.changes)]
     return ExportResult(artifact=artifact, messages=messages, verification=report)
 
 

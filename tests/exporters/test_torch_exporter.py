@@ -151,6 +151,19 @@ def test_axis_fixed_by_the_code_is_an_export_error(workdir: Path) -> None:
     assert not out.exists()
 
 
+def test_axis_the_code_bounds_stays_dynamic_with_the_bound_reported(workdir: Path) -> None:
+    out = workdir / "positions.onnx"
+    # a sample at the bound: verification's random sizes must stay within it
+    result = _export(src("LearnedPositions"), ["input_ids:2xseq=32:int64"], out, replace(FAST, verify_random_inputs=3))
+    assert result.verification.passed
+    assert any("'seq'" in m and "32" in m for m in result.messages), result.messages
+    assert _dims(out)[0] == {"input_ids": ["batch", "seq"]}
+    session = OnnxRuntimeSession(out)
+    for seq in (3, 32):  # other lengths within the bound run
+        ids = np.random.default_rng(seq).integers(0, 100, size=(2, seq)).astype(np.int64)
+        assert session.run({"input_ids": ids})["output"].shape == (2, 8)
+
+
 def test_static_batch_spec(workdir: Path) -> None:
     out = workdir / "fixed_static.onnx"
     spec = InputSpec.parse("x:4x3", dynamic_batch=False)

@@ -74,3 +74,19 @@ class PairSum(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
+
+
+class LearnedPositions(nn.Module):
+    """BERT-style learned positions, sliced from a registered buffer as Hugging Face's BERT does: the sequence
+    length is dynamic but at most 32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.tokens = nn.Embedding(100, 8)
+        self.positions = nn.Embedding(32, 8)
+        self.register_buffer("position_ids", torch.arange(32).unsqueeze(0), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = self.position_ids[:, : input_ids.shape[1]]
+        return (self.tokens(input_ids) + self.positions(positions).expand(input_ids.shape[0], -1, -1)).mean(dim=1)
