@@ -136,7 +136,8 @@ def _bounded_shapes(exc: BaseException, dynamic_shapes: tuple[Any, ...], torch: 
                 return None  # the fix makes this axis static (or drops it): not a bound
             lo, hi = getattr(new, "min", None), getattr(new, "max", None)
             if (lo, hi) != (getattr(old, "min", None), getattr(old, "max", None)):
-                notes.append(f"dynamic axis '{new.__name__}' bounded to [{lo}, {hi}] as the model's code requires")
+                span = f"at most {hi}" if (lo or 0) <= 2 else f"between {lo} and {hi}"
+                notes.append(f"dynamic axis '{new.__name__}' kept dynamic, {span}, as the model's code requires")
     return (refined, sorted(set(notes))) if notes else None
 
 
