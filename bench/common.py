@@ -189,6 +189,22 @@ def machine() -> dict[str, Any]:
     return {**machine_info(), "python": platform.python_version()}
 
 
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def write_docs_section(name: str, text: str, heading: str) -> None:
+    """Replace the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in docs/benchmarks.md (added
+    under ``heading`` at the end when missing)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+    DOCS.write_text(doc)
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -38,10 +38,9 @@ from accelserve.evaluate import evaluate_models  # noqa: E402
 from accelserve.evaluate.flops import flops  # noqa: E402
 from accelserve.passes.base import PassContext  # noqa: E402
 from accelserve.plugins import load as load_plugin  # noqa: E402
+from bench.common import write_docs_section  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- pruning-bench:start -->", "<!-- pruning-bench:end -->"
 
 
 def run_pass(name: str, config: dict[str, Any], model: Path, out: Path, calib: Any) -> dict[str, Any]:
@@ -194,16 +193,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(table: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{START}\n{table}{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Pruning\n\n" + block + "\n"
-    DOCS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small models, short timings")
@@ -228,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             print("not writing docs from a --quick run", file=sys.stderr)
         else:
-            write_docs(table)
+            write_docs_section("pruning", table, "Pruning")
     return 0
 
 

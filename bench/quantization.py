@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    DOCS,
     RESULTS,
     SENTENCE_PAIRS,
     digits_cnn,
@@ -37,12 +38,9 @@ from bench.common import (
     minilm,
     resnet18,
     tokenize,
+    write_docs_section,
     write_result,
 )
-
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- quantization:begin -->", "<!-- quantization:end -->"
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Quantizers under comparison
@@ -295,16 +293,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    doc = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny data, one timing round")
@@ -334,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / path.with_suffix(".md").name).write_text(text + "\n")
     print(text)
     if args.write_docs:
-        write_docs(text)
+        write_docs_section("quantization", text, "Quantization")
         print(f"updated {DOCS}")
     return 0
 

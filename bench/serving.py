@@ -12,9 +12,6 @@ Latency is per request (a request carries `batch` samples); throughput is sample
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import threading
@@ -26,21 +23,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def machine() -> dict[str, object]:
-    import onnxruntime
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
 def run_cell(make_call: Callable[[], Callable[[], None]], concurrency: int, seconds: float, warmup: float) -> dict:
@@ -78,13 +60,27 @@ def run_cell(make_call: Callable[[], Callable[[], None]], concurrency: int, seco
             "requests_per_s": lat.size / elapsed}
 
 
+def docs_table(rows: list[dict], model: str, seconds: float) -> str:
+    from bench.common import machine
+
+    m = machine()
+    lines = [f"Model: {model}. {seconds:.0f} s per cell after a warm-up; latency per request, throughput in samples/s. "
+             f"Machine: {m.get('model', '?')}, {m.get('cores', '?')} cores, ONNX Runtime {m.get('onnxruntime', '?')}; Triton from nvidia-pytriton, the model "
+             "served by the ONNX Runtime stand-in (python backend) with dynamic batching.", "",
+             "| path | batch | concurrency | p50 ms | p99 ms | samples/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['path']} | {r['batch']} | {r['concurrency']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['samples_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s cells: a smoke test, not a measurement")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serving.json"))
+    parser.add_argument("--write-docs", action="store_true", help="put the table into docs/benchmarks.md")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
     warmup = 0.5 if args.quick else 1.0
@@ -126,11 +122,14 @@ def main() -> int:
                         rows.append(cell)
                         print(f"{path:<26} batch={batch:<3} conc={concurrency:<3} p50={cell['p50_ms']:8.2f} ms "
                               f"p99={cell['p99_ms']:8.2f} ms  {cell['samples_per_s']:9.1f} samples/s", flush=True)
-    result = {"benchmark": "serving", "model": "accelserve.examples small_cnn (3x32x32, fp32)", "quick": args.quick,
-              "seconds_per_cell": seconds, "machine": machine(), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    from bench.common import write_docs_section, write_result
+
+    model = "the bundled example small_cnn (3x32x32 fp32, accelserve.examples)"
+    path = write_result("serving", {"benchmark": "serving", "model": model, "quick": args.quick,
+                                    "seconds_per_cell": seconds, "rows": rows})
+    print(f"wrote {path}")
+    if args.write_docs:
+        write_docs_section("serving", docs_table(rows, model, seconds), "Serving: in-process ONNX Runtime vs Triton")
     return 0
 
 
