@@ -107,3 +107,21 @@ def test_plugins_cli_lists_third_party_and_check_reports_broken(installed_plugin
     assert checked.returncode == 1
     assert "broken-example" in checked.stdout and "FAILED" in checked.stdout
     assert "Traceback" not in checked.stdout + checked.stderr
+
+
+def test_third_party_pass_runs_through_the_optimize_cli(installed_plugin: Path, tmp_path: Path) -> None:
+    import os
+
+    src = make_linear_model(tmp_path / "m.onnx", with_identity=True)
+    env = {**os.environ, "PYTHONPATH": str(installed_plugin)}
+    base = [sys.executable, "-m", "accelserve", "optimize", str(src), "--no-evaluate"]
+    ok = subprocess.run([*base, "--recipe", "strip-identity", "-o", str(tmp_path / "out.onnx")],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "removed 1 Identity" in ok.stdout
+    assert [n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node] == ["MatMul", "Add", "Relu"]
+    broken = subprocess.run([*base, "--recipe", "broken-example", "-o", str(tmp_path / "b.onnx")],
+                            capture_output=True, text=True, env=env)
+    assert broken.returncode == 1
+    assert "broken-example" in broken.stderr and "Traceback" not in broken.stderr
+    assert not (tmp_path / "b.onnx").exists()
