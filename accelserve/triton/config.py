@@ -392,6 +392,22 @@ def config_to_text(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config, as_utf8=True, use_short_repeated_primitives=True)
 
 
+_UNKNOWN_FIELD = re.compile(r'Message type "inference\.(\w+)" has no field named "(\w+)"')
+
+
+def _did_you_mean(detail: str) -> str:
+    """For an unknown field, the closest field name of that message type (typos like ``max_batch_sise``)."""
+    import difflib
+
+    match = _UNKNOWN_FIELD.search(detail)
+    if not match:
+        return ""
+    message = mc.DESCRIPTOR.message_types_by_name.get(match.group(1))
+    fields = [f.name for f in message.fields] if message is not None else []
+    close = difflib.get_close_matches(match.group(2), fields, n=1, cutoff=0.75)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
 def parse_config_text(text: str, path: str | Path = CONFIG_FILENAME) -> mc.ModelConfig:
     """Parse config.pbtxt text; a syntax error, unknown field or bad enum raises ConfigParseError."""
     config = mc.ModelConfig()
@@ -399,7 +415,7 @@ def parse_config_text(text: str, path: str | Path = CONFIG_FILENAME) -> mc.Model
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
         detail = _POSITION_PREFIX.sub("", str(exc))
-        raise ConfigParseError(Path(path), exc.GetLine(), exc.GetColumn(), detail) from None
+        raise ConfigParseError(Path(path), exc.GetLine(), exc.GetColumn(), detail + _did_you_mean(detail)) from None
     return config
 
 

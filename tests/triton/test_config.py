@@ -190,6 +190,7 @@ def test_misspelled_field_reports_file_line_and_column(tmp_path: Path) -> None:
         read_config(path)
     assert (err.value.line, err.value.column) == (3, 1)
     assert "max_batch_sise" in err.value.detail
+    assert 'did you mean "max_batch_size"' in err.value.detail
     assert str(err.value).startswith(f"{path}:3:1:")
 
 
