@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "repo_cmd",
     "serve_cmd",
     "infer_cmd",
+    "loadtest_cmd",
     "optimize_cmd",
     "evaluate_cmd",
     "demo_cmd",

@@ -1,0 +1,312 @@
+"""Is `accelserve loadtest` measuring right? The same endpoint, the same request, the same concurrency, measured by
+accelserve's Locust users and by an independent tool, wrk (C, epoll) with bench/wrk_kserve.lua.
+
+    .venv/bin/python bench/loadtest_vs_wrk.py                  # concurrency 1,4,16, 10 s windows, ABBA order
+    .venv/bin/python bench/loadtest_vs_wrk.py --write-docs     # ... and put the table into docs/loadtest.md
+    .venv/bin/python bench/loadtest_vs_wrk.py --quick          # smoke run: concurrency 1, 2 s, once
+    .venv/bin/python bench/loadtest_vs_wrk.py --url http://HOST:8000 --model NAME   # another server/model
+
+Without --url it serves a model on the local tritonserver: by default ``compute`` (x: batch x 512, two 512x512
+matrix products per sample: milliseconds of server work for a 1 KB request), or ``--model trivial`` (sub-millisecond:
+then a closed loop at low concurrency measures the Python client's own per-request cost as much as the server's,
+and the two tools cannot agree; see bench/locust_capacity.py for that cost). The request body wrk posts is produced by tritonclient's own encoder from the same shapes and dtypes, so both tools send the
+same bytes over HTTP/1.1 keep-alive connections (one per concurrent request). Each tool runs a warm-up (excluded),
+then a fixed window; the pair runs in A-B-B-A order so drift on a shared machine hits both alike. With a local
+server and more than one core, the server is pinned to the first core and both load generators to the others.
+Throughputs should agree within 15% while the Locust process is not CPU-bound (its CPU is printed); latencies differ
+by the Python client's own per-request cost, which wrk does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "loadtest.md"
+LUA = ROOT / "bench" / "wrk_kserve.lua"
+AGREEMENT = 0.15
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _save(graph: Any, path: Path) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def trivial_model(path: Path) -> Path:
+    """y = relu(x @ W + b), x: batch x 4: the server answers in a fraction of a millisecond."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["mm"]), helper.make_node("Add", ["mm", "B"], ["pre"]),
+         helper.make_node("Relu", ["pre"], ["y"])],
+        "trivial",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+                     numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "B")],
+    )
+    return _save(graph, path)
+
+
+def compute_model(path: Path, dim: int = 512, layers: int = 2) -> Path:
+    """A small request (x: batch x dim) that costs the server real work: x is broadcast to dim x dim and goes
+    through ``layers`` dim x dim matrix products (about 2 * layers * dim^3 FLOPs per sample)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.zeros((dim, dim), np.float32), "Z"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis1"], ["x3"]),  # batch x 1 x dim
+             helper.make_node("Add", ["x3", "Z"], ["h0"])]  # batch x dim x dim
+    for i in range(layers):
+        w = rng.standard_normal((dim, dim)).astype(np.float32) / np.sqrt(dim)
+        inits.append(numpy_helper.from_array(w, f"W{i}"))
+        nodes += [helper.make_node("MatMul", [f"h{i}", f"W{i}"], [f"m{i}"]),
+                  helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"])]
+    nodes.append(helper.make_node("ReduceMean", [f"h{layers}"], ["y"], axes=[1], keepdims=0))
+    graph = helper.make_graph(
+        nodes, "compute",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
+MODELS = {"trivial": trivial_model, "compute": compute_model}
+
+
+def pin_process_tree(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` and of its descendants (Triton's python-backend stubs) to ``cpus``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), cpus)
+
+
+def client_prefix() -> list[str]:
+    """Run the load generators off core 0 (the server's, see endpoint()) when there is more than one core."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", ",".join(map(str, cores[1:]))]
+
+
+@contextlib.contextmanager
+def endpoint(url: str | None, model: str) -> Iterator[dict[str, str]]:
+    """Yield {"http": url, "grpc": url or "", "model": name}: the given server, or one of MODELS served on the
+    local tritonserver."""
+    if url:
+        yield {"http": url, "grpc": "", "model": model}
+        return
+    if model not in MODELS:
+        raise SystemExit(f"--model {model}: without --url, pick one of {', '.join(MODELS)}")
+    from accelserve.triton.config import TritonModelOptions
+    from accelserve.triton.repository import add_model
+    from accelserve.triton.server import TritonServer
+
+    with tempfile.TemporaryDirectory(prefix="bench-loadtest-") as tmp:
+        repo = Path(tmp) / "repo"
+        onnx_path = MODELS[model](Path(tmp) / f"{model}.onnx")
+        add_model(onnx_path, repo, model, TritonModelOptions(max_batch_size=8))
+        with TritonServer(repo) as server:
+            cores = sorted(os.sched_getaffinity(0))
+            if len(cores) > 1 and server.pid is not None:
+                # the server on the first core, the load generators on the others: on a small machine a client's
+                # CPU would otherwise come out of the server's throughput, and wrk (C) uses less than Locust
+                pin_process_tree(server.pid, {cores[0]})
+            yield {"http": server.http_url, "grpc": server.grpc_url, "model": model}
+
+
+def request_body(url: str, model: str, batch: int, directory: Path) -> tuple[Path, int]:
+    """The binary KServe-v2 request Locust's users send, written to a file for wrk."""
+    import tritonclient.http as httpclient
+
+    from accelserve.loadtest.plan import build_plan, payloads
+    from accelserve.triton.client import TritonClient
+
+    with TritonClient(url) as client:
+        plan = build_plan(client, model, batch=batch)
+    arrays = payloads(plan, count=1)[0]
+    inputs = []
+    for t in plan.inputs:
+        tensor = httpclient.InferInput(t.name, list(t.shape), t.datatype)
+        tensor.set_data_from_numpy(arrays[t.name], binary_data=True)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in plan.outputs]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
+    path = directory / "body.bin"
+    path.write_bytes(body)
+    return path, int(json_size if json_size is not None else len(body))
+
+
+def run_wrk(url: str, model: str, body: Path, json_size: int, concurrency: int, seconds: int, warmup: int) -> dict:
+    target = f"{url.rstrip('/')}/v2/models/{model}/infer"
+    env = dict(os.environ, WRK_BODY=str(body), WRK_JSON_SIZE=str(json_size))
+    base = [*client_prefix(), "wrk", "-t1", f"-c{concurrency}", "--timeout", "10s", "-s", str(LUA)]
+    if warmup:
+        subprocess.run([*base, f"-d{warmup}s", target], env=env, capture_output=True, check=True, timeout=warmup + 30)
+    proc = subprocess.run([*base, f"-d{seconds}s", "--latency", target], env=env, capture_output=True, text=True,
+                          check=True, timeout=seconds + 30)
+    match = re.search(r"WRK_JSON (\{.*\})", proc.stdout)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{proc.stdout}\n{proc.stderr}")
+    data = json.loads(match.group(1))
+    rps = data["requests"] / (data["duration_us"] / 1e6)
+    return {"requests_per_s": rps, "p50_ms": data["p50_us"] / 1e3, "p99_ms": data["p99_us"] / 1e3,
+            "mean_ms": data["mean_us"] / 1e3, "errors": data["errors"], "requests": data["requests"]}
+
+
+def run_accelserve(url: str, model: str, concurrency: int, seconds: int, warmup: int, directory: Path,
+                   extra: list[str] | None = None) -> dict:
+    out = directory / f"locust_c{concurrency}.json"
+    cmd = [*client_prefix(), sys.executable, "-m", "accelserve", "loadtest", url, model, "--concurrency", str(concurrency),
+           "--duration", str(seconds), "--warmup", str(warmup), "--json", str(out), *(extra or [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 120, cwd=ROOT, check=False)
+    if proc.returncode not in (0, 2):
+        raise RuntimeError(f"accelserve loadtest failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    data = json.loads(out.read_text())
+    step = data["steps"][0]
+    return {"requests_per_s": step["requests_per_s"], "p50_ms": step["latency_ms"]["p50"],
+            "p99_ms": step["latency_ms"]["p99"], "mean_ms": step["latency_ms"]["avg"], "errors": step["errors"],
+            "requests": step["requests"], "load_generator_cpu_percent": step["load_generator_cpu_percent"],
+            "server_request_ms": (step["server"] or {}).get("request_ms")}
+
+
+def mean_of(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None]
+    return {k: float(np.mean([r[k] for r in runs if r.get(k) is not None])) for k in keys}
+
+
+def compare(url: str, model: str, levels: list[int], seconds: int, warmup: int, repeat: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        directory = Path(tmp)
+        body, json_size = request_body(url, model, 1, directory)
+        for c in levels:
+            locust_runs, wrk_runs = [], []
+            for i in range(repeat):  # A B B A ...
+                order = ("locust", "wrk") if i % 2 == 0 else ("wrk", "locust")
+                for tool in order:
+                    if tool == "locust":
+                        locust_runs.append(run_accelserve(url, model, c, seconds, warmup, directory))
+                    else:
+                        wrk_runs.append(run_wrk(url, model, body, json_size, c, seconds, warmup))
+            lo, wr = mean_of(locust_runs), mean_of(wrk_runs)
+            diff = (lo["requests_per_s"] - wr["requests_per_s"]) / wr["requests_per_s"]
+            rows.append({"concurrency": c, "locust": lo, "wrk": wr, "throughput_difference": diff,
+                         "agree_within_15pct": abs(diff) <= AGREEMENT, "runs_each": repeat})
+            print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = ("| concurrency | Locust req/s | wrk req/s | difference | Locust p50 / p99 ms | wrk p50 / p99 ms "
+          "| Locust process CPU |\n|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def format_row(r: dict) -> str:
+    lo, wr = r["locust"], r["wrk"]
+    cpu = lo.get("load_generator_cpu_percent")
+    return (f"| {r['concurrency']} | {lo['requests_per_s']:.0f} | {wr['requests_per_s']:.0f} | "
+            f"{r['throughput_difference']:+.1%} | {lo['p50_ms']:.2f} / {lo['p99_ms']:.2f} | "
+            f"{wr['p50_ms']:.2f} / {wr['p99_ms']:.2f} | {'-' if cpu is None else f'{cpu:.0f}%'} |")
+
+
+def write_docs(marker: str, text: str) -> None:
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    doc = DOC.read_text(encoding="utf-8")
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{DOC} has no {start} ... {end} markers")
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="an HTTP Triton URL to measure (default: serve a trivial model locally)")
+    parser.add_argument("--model", default="compute",
+                        help="with --url: the model's name; without: 'compute' (default; ~ms of server work per "
+                        "request) or 'trivial' (sub-millisecond: shows the Python client's own cost)")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per tool and level, in A-B-B-A order")
+    parser.add_argument("--quick", action="store_true", help="smoke run: concurrency 1, 2 s, once; writes nothing")
+    parser.add_argument("--write-docs", action="store_true", help="put the table into docs/loadtest.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    seconds, warmup, repeat = args.seconds, args.warmup, args.repeat
+    if args.quick:
+        levels, seconds, warmup, repeat = [1], 2, 1, 1
+    print(HEADER, flush=True)
+    with endpoint(args.url, args.model) as served:
+        model = served["model"]
+        rows = compare(served["http"], model, levels, seconds, warmup, repeat)
+    if args.quick:
+        return 0
+    info = machine()
+    result = {"machine": info, "url": "local trivial model" if not args.url else args.url, "model": model,
+              "seconds": seconds, "warmup": warmup, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "loadtest_vs_wrk.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_docs:
+        import time
+
+        table = "\n".join([HEADER, *(format_row(r) for r in rows)])
+        pinned = ""
+        if client_prefix() and not args.url:
+            pinned = " Server pinned to core 0, both load generators to the other cores."
+        note = (f"Measured {time.strftime('%Y-%m-%d')} on {info['cpu']} ({info['cores']} cores), {seconds} s windows "
+                f"after {warmup} s warm-up, {repeat} runs per tool in A-B-B-A order, model `{model}`.{pinned}")
+        write_docs("loadtest-vs-wrk", f"{note}\n\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
