@@ -23,6 +23,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
+	$(PY) -m pip install -q -e ".[all,test,bench]"
 	$(PY) bench/run_all.py
 
 clean:
