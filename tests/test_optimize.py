@@ -12,18 +12,7 @@ from accelserve.cli.main import main
 from accelserve.cli.optimize_cmd import OPTION_FLAGS, parse_set
 from accelserve.errors import InvalidInputError, OptimizationError, PluginError
 from accelserve.optimize import EvaluationSettings, load_pass_class, optimize, parse_recipe, split_options
-from tests.evaluate.models import cnn_feeds, make_cnn, op_counts
-
-
-@pytest.fixture(autouse=True)
-def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep calibration statistics of the tests out of the user's cache directory."""
-    monkeypatch.setenv("ACCELSERVE_CACHE_DIR", str(tmp_path / "accelserve-cache"))
-
-
-@pytest.fixture
-def cnn(tmp_path: Path) -> Path:
-    return make_cnn(tmp_path / "cnn.onnx")
+from tests.evaluate.models import cnn_feeds, op_counts
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from onnx import TensorProto, helper
 from accelserve.errors import InvalidInputError, VerificationError
 from accelserve.specs import InputSpec, axis_sample_sizes, input_specs_from_onnx, random_feeds, sample_feed
 from accelserve.verify import DEFAULT_TOLERANCES, Tolerance, compare_arrays, tolerance_for, verify
-from tests.graphs import make_linear_model
 
 FP32 = DEFAULT_TOLERANCES["fp32"]
 

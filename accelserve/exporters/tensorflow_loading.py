@@ -315,20 +315,12 @@ def load_path(path: Path, signature: str | None) -> TFModel:
     raise InvalidInputError(f"{path} is {what}", hint=f"the tensorflow exporter takes {SOURCE_HELP}")
 
 
-def _required_params(fn: Any) -> list[str]:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return []
-    return [
-        p.name for p in sig.parameters.values()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-
-
 def load_module_attr(text: str, signature: str | None) -> TFModel:
     """``MODULE:ATTR`` naming a model, a tf.function, a loaded SavedModel, or a zero-argument factory of one."""
-    from accelserve.exporters.torch_loading import resolve_object  # framework-free MODULE:ATTR resolution
+    from accelserve.exporters.torch_loading import (  # framework-free MODULE:ATTR resolution
+        required_params,
+        resolve_object,
+    )
 
     import_tensorflow()
     obj = resolve_object(text, what="TensorFlow model")
@@ -338,7 +330,7 @@ def load_module_attr(text: str, signature: str | None) -> TFModel:
                 f"'{text}' is a {type(obj).__name__}, not a Keras model, tf.function or SavedModel",
                 hint=f"the tensorflow exporter takes {SOURCE_HELP}",
             )
-        required = _required_params(obj)
+        required = required_params(obj)
         if required:
             raise InvalidInputError(
                 f"'{text}' is neither a Keras model nor a tf.function, and as a factory it needs argument(s) "

@@ -123,7 +123,8 @@ def resolve_object(ref: str, *, what: str = "model") -> Any:
     return obj
 
 
-def _required_params(fn: Any) -> list[str]:
+def required_params(fn: Any) -> list[str]:
+    """Names of the parameters of ``fn`` that have no default (empty when it has no inspectable signature)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -141,7 +142,7 @@ def build_module(obj: Any, ref: str) -> Any:
         return obj
     if not callable(obj):
         raise InvalidInputError(f"'{ref}' is a {type(obj).__name__}, not a torch.nn.Module, class or factory")
-    required = _required_params(obj)
+    required = required_params(obj)
     if required:
         raise InvalidInputError(
             f"'{ref}' needs argument(s) {', '.join(required)} to build the model",

@@ -22,7 +22,7 @@ from accelserve.artifact import ModelArtifact
 from accelserve.errors import InvalidInputError, OptimizationError
 from accelserve.passes.base import Pass, PassConfig, PassContext
 from accelserve.passes.pruning.data import BUDGET_HELP, Scorer, load_samples
-from accelserve.passes.pruning.graph import GraphIndex, attr, prepare, unique_name, validate_and_save
+from accelserve.passes.pruning.graph import GraphIndex, attr, load_indexed, unique_name, validate_and_save
 from accelserve.passes.pruning.schedule import budget_schedule
 
 
@@ -194,10 +194,7 @@ class LowRank(Pass[LowRankConfig]):
 
     def run(self, model: ModelArtifact, output: Path, context: PassContext) -> ModelArtifact:
         cfg = self.config
-        source = prepare(model.load())
-        index = GraphIndex(source)
-        index.check_node_names(cfg.nodes, "nodes")
-        index.check_node_names(cfg.exclude_nodes, "exclude_nodes")
+        source, index = load_indexed(model, cfg.nodes, cfg.exclude_nodes)
         layers = find_layers(index, cfg.nodes, cfg.exclude_nodes, cfg.min_size)
         if cfg.nodes:
             missing = sorted(set(cfg.nodes) - {layer.node for layer in layers})

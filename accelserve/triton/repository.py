@@ -128,8 +128,8 @@ def _merge_with_existing(
 ) -> ModelConfig:
     """The config to write for a new version of an existing model; raises when it is incompatible."""
     hint = (
-        f"add it under a new --name, or pass --replace-config to write a fresh config (older versions stay "
-        f"on disk; with Triton's default version policy only the newest is served)"
+        "add it under a new --name, or pass --replace-config to write a fresh config (older versions stay "
+        "on disk; with Triton's default version policy only the newest is served)"
     )
     config_path = model_dir / CONFIG_FILENAME
     if not config_path.exists():

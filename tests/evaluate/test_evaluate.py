@@ -28,17 +28,6 @@ from accelserve.evaluate import (
 from tests.evaluate.models import cnn_feeds, make_cnn, make_mlp_block
 
 
-@pytest.fixture(autouse=True)
-def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep calibration statistics of the tests out of the user's cache directory."""
-    monkeypatch.setenv("ACCELSERVE_CACHE_DIR", str(tmp_path / "accelserve-cache"))
-
-
-@pytest.fixture
-def cnn(tmp_path: Path) -> Path:
-    return make_cnn(tmp_path / "cnn.onnx")
-
-
 def test_parameters_count_float_initializers_and_nonzeros(cnn: Path, tmp_path: Path) -> None:
     model = onnx.load(str(cnn))
     expected = sum(numpy_helper.to_array(i).size for i in model.graph.initializer)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -18,6 +18,10 @@ from accelserve.onnx_io import TWO_GB, check_model, save_onnx
 
 Feeds = dict[str, np.ndarray]
 Shape = tuple[int | None, ...]
+
+
+if TYPE_CHECKING:
+    from accelserve.artifact import ModelArtifact
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -315,3 +319,12 @@ def validate_and_save(model: onnx.ModelProto, original: onnx.ModelProto, output:
         raise InternalError(f"{what} changed the model's input/output signature")
     save_onnx(model, output)
     return checked
+
+
+def load_indexed(model: "ModelArtifact", nodes: Iterable[str], exclude_nodes: Iterable[str]) -> tuple[onnx.ModelProto, GraphIndex]:
+    """The prepared graph of ``model`` and its index, after checking that the ``nodes``/``exclude_nodes`` exist."""
+    source = prepare(model.load())
+    index = GraphIndex(source)
+    index.check_node_names(nodes, "nodes")
+    index.check_node_names(exclude_nodes, "exclude_nodes")
+    return source, index

@@ -22,7 +22,13 @@ from accelserve.artifact import ModelArtifact
 from accelserve.errors import InternalError, OptimizationError
 from accelserve.passes.base import Pass, PassConfig, PassContext
 from accelserve.passes.pruning.data import BUDGET_HELP, Scorer, load_samples
-from accelserve.passes.pruning.graph import GraphIndex, attr, prepare, replace_initializer, validate_and_save
+from accelserve.passes.pruning.graph import (
+    GraphIndex,
+    attr,
+    load_indexed,
+    replace_initializer,
+    validate_and_save,
+)
 from accelserve.passes.pruning.schedule import budget_schedule
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -202,10 +208,7 @@ class MagnitudePruning(_WeightPass, Pass[MagnitudePruningConfig]):
 
     def run(self, model: ModelArtifact, output: Path, context: PassContext) -> ModelArtifact:
         cfg = self.config
-        source = prepare(model.load())
-        index = GraphIndex(source)
-        index.check_node_names(cfg.nodes, "nodes")
-        index.check_node_names(cfg.exclude_nodes, "exclude_nodes")
+        source, index = load_indexed(model, cfg.nodes, cfg.exclude_nodes)
         weights = prunable_weights(index, cfg.nodes, cfg.exclude_nodes)
         if not weights:
             raise OptimizationError("prune-magnitude found no Conv/Gemm/MatMul with constant float weights"
@@ -250,10 +253,7 @@ class SemiStructuredPruning(_WeightPass, Pass[SemiStructuredConfig]):
 
     def run(self, model: ModelArtifact, output: Path, context: PassContext) -> ModelArtifact:
         cfg = self.config
-        source = prepare(model.load())
-        index = GraphIndex(source)
-        index.check_node_names(cfg.nodes, "nodes")
-        index.check_node_names(cfg.exclude_nodes, "exclude_nodes")
+        source, index = load_indexed(model, cfg.nodes, cfg.exclude_nodes)
         weights, skipped = [], []
         for w in prunable_weights(index, cfg.nodes, cfg.exclude_nodes):
             size = index.const(w.name).shape[w.input_axis]
