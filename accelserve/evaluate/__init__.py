@@ -17,11 +17,11 @@ from accelserve.evaluate.flops import FlopCount, flops
 from accelserve.evaluate.harness import EvaluationReport, ModelEvaluation, evaluate_models
 from accelserve.evaluate.memory import MemoryStats, peak_memory
 from accelserve.evaluate.size import SizeStats, count_parameters, size_stats
-from accelserve.evaluate.speed import LatencyStats, make_batch, measure_latency
+from accelserve.evaluate.speed import LatencyStats, make_batch, measure_latencies, measure_latency
 
 __all__ = [
     "AccuracyStats", "EvaluationReport", "FlopCount", "LatencyStats", "MemoryStats", "ModelEvaluation", "OutputError",
     "SizeStats", "accuracy_vs_base", "compare_outputs", "count_parameters", "default_threads", "evaluate_models",
-    "flops", "labelled_metric", "load_labels", "make_batch", "measure_latency", "peak_memory", "run_model",
+    "flops", "labelled_metric", "load_labels", "make_batch", "measure_latencies", "measure_latency", "peak_memory", "run_model",
     "size_stats", "top1_accuracy",
 ]

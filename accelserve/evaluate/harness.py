@@ -16,7 +16,7 @@ from accelserve.evaluate.accuracy import AccuracyStats, Metric, compare_outputs,
 from accelserve.evaluate.flops import flops
 from accelserve.evaluate.memory import MemoryStats, peak_memory
 from accelserve.evaluate.size import SizeStats, size_stats
-from accelserve.evaluate.speed import LatencyStats, measure_latency
+from accelserve.evaluate.speed import LatencyStats, measure_latencies
 from accelserve.onnx_io import read_onnx
 
 SCHEMA_VERSION = 1
@@ -168,8 +168,6 @@ def evaluate_models(
             ev.accuracy = compare_outputs(base_outputs, outputs)
         if labels is not None:
             ev.metric = labelled_metric(outputs, labels, metric)
-        if speed:
-            ev.latency = [measure_latency(path, feeds, b, threads, max_seconds=max_seconds) for b in batch_sizes]
         if memory:
             ev.memory = peak_memory(path, feeds, threads)
         return ev, outputs
@@ -177,6 +175,14 @@ def evaluate_models(
     base_eval, base_outputs = one(base, "base", None)
     cand_names = list(names) if names is not None else [Path(c).name for c in candidates]
     cand_evals = [one(c, n, base_outputs)[0] for c, n in zip(candidates, cand_names)]
+    if speed:  # all models timed together, interleaved, so order and load drift favour none of them
+        evals = [base_eval, *cand_evals]
+        for ev in evals:
+            ev.latency = []
+        for b in batch_sizes:
+            stats = measure_latencies([base, *candidates], feeds, b, threads, max_seconds=max_seconds)
+            for ev, st in zip(evals, stats):
+                ev.latency.append(st)
     return EvaluationReport(
         base=base_eval, candidates=cand_evals, data=data_info, threads=threads,
         batch_sizes=list(batch_sizes) if speed else [], metric_name=metric_name, machine=machine_info(),

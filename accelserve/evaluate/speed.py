@@ -1,5 +1,10 @@
 """Latency and throughput with in-process ONNX Runtime: warm-up excluded, fixed thread count, repeated until the
-median settles."""
+median settles.
+
+Models that are compared are timed together (:func:`measure_latencies`), interleaved round by round: the first
+model timed in a process otherwise runs measurably slower (thread-pool start, frequency and cache effects) and
+drift in machine load would favour whichever model ran in the quieter moment.
+"""
 
 from __future__ import annotations
 
@@ -89,6 +94,46 @@ def measure_latency(
         previous = median
         if time.perf_counter() - started > max_seconds:
             break
+    return _stats(times, batch_size, threads, stable)
+
+
+def measure_latencies(
+    model_paths: list[str | Path],
+    feeds: list[dict[str, np.ndarray]],
+    batch_size: int = 1,
+    threads: int | None = None,
+    *,
+    warmup: int = 5,
+    min_runs: int = 20,
+    max_seconds: float = 10.0,
+    rel_tolerance: float = 0.02,
+) -> list[LatencyStats]:
+    """Time several models on the same batch, interleaved: every round runs each model ``min_runs`` times in turn,
+    until every model's median moves by less than ``rel_tolerance`` between rounds, or ``max_seconds`` per model
+    have passed. Returns one LatencyStats per model, in order."""
+    threads = threads or default_threads()
+    sessions = [make_session(p, threads) for p in model_paths]
+    batches = [make_batch(feeds, batch_size, _fixed_batch(s)) for s in sessions]
+    for session, feed, path in zip(sessions, batches, model_paths):
+        for _ in range(warmup):
+            run_session(session, feed, path)
+    times: list[list[float]] = [[] for _ in model_paths]
+    previous: list[float | None] = [None] * len(model_paths)
+    stable = [False] * len(model_paths)
+    started = time.perf_counter()
+    while not all(stable) and time.perf_counter() - started <= max_seconds * len(model_paths):
+        for i, (session, feed, path) in enumerate(zip(sessions, batches, model_paths)):
+            for _ in range(min_runs):
+                t0 = time.perf_counter()
+                run_session(session, feed, path)
+                times[i].append(time.perf_counter() - t0)
+            median = float(np.median(times[i]))
+            stable[i] = previous[i] is not None and abs(median - previous[i]) <= rel_tolerance * previous[i]
+            previous[i] = median
+    return [_stats(t, batch_size, threads, s) for t, s in zip(times, stable)]
+
+
+def _stats(times: list[float], batch_size: int, threads: int, stable: bool) -> LatencyStats:
     ms = np.asarray(times) * 1e3
     p50 = float(np.percentile(ms, 50))
     return LatencyStats(

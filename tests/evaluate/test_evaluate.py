@@ -20,6 +20,7 @@ from accelserve.evaluate import (
     flops,
     labelled_metric,
     make_batch,
+    measure_latencies,
     measure_latency,
     peak_memory,
     run_model,
@@ -92,6 +93,15 @@ def test_latency_stats_are_ordered_and_batch_is_built_cyclically(cnn: Path) -> N
     assert stats.runs >= 5 and stats.threads == 1 and stats.batch_size == 4
     assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
     assert stats.throughput == pytest.approx(4 / (stats.p50_ms / 1e3))
+
+
+def test_compared_models_are_timed_interleaved_in_equal_rounds(cnn: Path, tmp_path: Path) -> None:
+    other = make_cnn(tmp_path / "other.onnx", seed=1)
+    stats = measure_latencies([cnn, other], cnn_feeds(count=1, batch=2), batch_size=2, threads=1,
+                              warmup=1, min_runs=3, max_seconds=1.0)
+    assert len(stats) == 2
+    assert stats[0].runs == stats[1].runs and stats[0].runs % 3 == 0 and stats[0].runs >= 6
+    assert all(0 < s.p50_ms <= s.p99_ms for s in stats)
 
 
 def test_fixed_batch_model_cannot_be_timed_at_another_batch(tmp_path: Path) -> None:
