@@ -192,17 +192,17 @@ def machine() -> dict[str, Any]:
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
-def write_docs_section(name: str, text: str, heading: str) -> None:
-    """Replace the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in docs/benchmarks.md (added
-    under ``heading`` at the end when missing)."""
+def write_docs_section(name: str, text: str, heading: str, docs: Path = DOCS) -> None:
+    """Replace the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``docs`` (default
+    docs/benchmarks.md; the block is added under ``heading`` at the end when missing)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    doc = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    doc = docs.read_text() if docs.exists() else "# Benchmarks\n"
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in doc and end in doc:
         doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
     else:
         doc = doc.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
-    DOCS.write_text(doc)
+    docs.write_text(doc)
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

@@ -37,22 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "bench" / "results"
+from bench.common import machine, write_docs_section, write_result  # noqa: E402
+
 DOC = ROOT / "docs" / "loadtest.md"
 LUA = ROOT / "bench" / "wrk_kserve.lua"
 AGREEMENT = 0.15
-
-
-def machine() -> dict[str, Any]:
-    import platform
-
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def _save(graph: Any, path: Path) -> Path:
@@ -255,16 +244,6 @@ def format_row(r: dict) -> str:
             f"{wr['p50_ms']:.2f} / {wr['p99_ms']:.2f} | {'-' if cpu is None else f'{cpu:.0f}%'} |")
 
 
-def write_docs(marker: str, text: str) -> None:
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    doc = DOC.read_text(encoding="utf-8")
-    if start not in doc or end not in doc:
-        raise SystemExit(f"{DOC} has no {start} ... {end} markers")
-    head, rest = doc.split(start, 1)
-    _, tail = rest.split(end, 1)
-    DOC.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}", encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an HTTP Triton URL to measure (default: serve a trivial model locally)")
@@ -291,10 +270,9 @@ def main() -> int:
     if args.quick:
         return 0
     info = machine()
-    result = {"machine": info, "url": "local trivial model" if not args.url else args.url, "model": model,
+    result = {"url": "local trivial model" if not args.url else args.url, "model": model,
               "seconds": seconds, "warmup": warmup, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "loadtest_vs_wrk.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("loadtest_vs_wrk", result)
     if args.write_docs:
         import time
 
@@ -302,9 +280,9 @@ def main() -> int:
         pinned = ""
         if client_prefix() and not args.url:
             pinned = " Server pinned to core 0, both load generators to the other cores."
-        note = (f"Measured {time.strftime('%Y-%m-%d')} on {info['cpu']} ({info['cores']} cores), {seconds} s windows "
+        note = (f"Measured {time.strftime('%Y-%m-%d')} on {info['model']} ({info['cores']} cores), {seconds} s windows "
                 f"after {warmup} s warm-up, {repeat} runs per tool in A-B-B-A order, model `{model}`.{pinned}")
-        write_docs("loadtest-vs-wrk", f"{note}\n\n{table}")
+        write_docs_section("loadtest-vs-wrk", f"{note}\n\n{table}", "Are the numbers right? Locust vs wrk", DOC)
     return 0
 
 

@@ -17,7 +17,6 @@ On a small machine the server and the load generator share the cores: read the e
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -27,15 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.loadtest_vs_wrk import (
-    RESULTS,
+from bench.common import machine, write_docs_section, write_result  # noqa: E402
+from bench.loadtest_vs_wrk import (  # noqa: E402
+    DOC,
     client_prefix,
     endpoint,
-    machine,
     request_body,
     run_accelserve,
     run_wrk,
-    write_docs,
 )
 
 HEADER = ("| protocol | Locust processes | concurrency | req/s | Locust CPU (busiest process) | est. req/s per "
@@ -93,17 +91,16 @@ def main() -> int:
     if args.quick:
         return 0
     info = machine()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "locust_capacity.json").write_text(json.dumps(
-        {"machine": info, "seconds": seconds, "warmup": warmup, "rows": rows, "wrk_top": wrk_top}, indent=2) + "\n")
+    write_result("locust_capacity", {"seconds": seconds, "warmup": warmup, "rows": rows, "wrk_top": wrk_top})
     if args.write_docs:
         where = ("tritonserver pinned to core 0, the load generators to the other cores" if client_prefix()
                  else "tritonserver and the load generator share the cores")
-        note = (f"Measured {time.strftime('%Y-%m-%d')} on {info['cpu']} ({info['cores']} cores; {where}), trivial "
+        note = (f"Measured {time.strftime('%Y-%m-%d')} on {info['model']} ({info['cores']} cores; {where}), trivial "
                 f"model, {seconds} s per step after {warmup} s warm-up.")
         wrk_line = (f"\n\nwrk (HTTP, concurrency {levels[-1]}) against the same server: "
                     f"{wrk_top['requests_per_s']:.0f} req/s." if wrk_top else "")
-        write_docs("locust-capacity", f"{note}\n\n" + "\n".join([HEADER, *(fmt(r) for r in rows)]) + wrk_line)
+        write_docs_section("locust-capacity", f"{note}\n\n" + "\n".join([HEADER, *(fmt(r) for r in rows)]) + wrk_line,
+                           "Load-generator capacity: when to add workers", DOC)
     return 0
 
 

@@ -73,28 +73,8 @@ def measure_latency(
     Runs ``warmup`` untimed runs, then rounds of ``min_runs`` timed runs until the median of all runs moves by less
     than ``rel_tolerance`` between rounds (``stable``), or ``max_seconds`` of timing have passed.
     """
-    threads = threads or default_threads()
-    session = make_session(model_path, threads)
-    feed = make_batch(feeds, batch_size, _fixed_batch(session))
-    for _ in range(warmup):
-        run_session(session, feed, model_path)
-    times: list[float] = []
-    previous = None
-    stable = False
-    started = time.perf_counter()
-    while True:
-        for _ in range(min_runs):
-            t0 = time.perf_counter()
-            run_session(session, feed, model_path)
-            times.append(time.perf_counter() - t0)
-        median = float(np.median(times))
-        if previous is not None and abs(median - previous) <= rel_tolerance * previous:
-            stable = True
-            break
-        previous = median
-        if time.perf_counter() - started > max_seconds:
-            break
-    return _stats(times, batch_size, threads, stable)
+    return measure_latencies([model_path], feeds, batch_size, threads, warmup=warmup, min_runs=min_runs,
+                             max_seconds=max_seconds, rel_tolerance=rel_tolerance)[0]
 
 
 def measure_latencies(
