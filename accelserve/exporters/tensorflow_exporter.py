@@ -382,11 +382,12 @@ class TensorFlowExporter(Exporter):
         if output.suffix != ".onnx":
             raise InvalidInputError(f"output {output} should end in .onnx")
         tolerance = tolerance_for(options.precision, options.atol, options.rtol, options.min_cosine)
+        # the source first: a path that is no model is reported without importing TensorFlow at all
+        model = load_source(source, signature=options.extra.get("signature"))
         tf = import_tensorflow()
         tf2onnx = require("tf2onnx", PURPOSE)
         opset = choose_opset(options.opset)
 
-        model = load_source(source, signature=options.extra.get("signature"))
         specs, messages = resolve_input_specs(model, inputs, options.dynamic_batch)
         traced = trace(model, specs)
         if options.output_names is not None:

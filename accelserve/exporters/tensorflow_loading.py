@@ -280,8 +280,8 @@ def load_saved_model(path: Path, signature: str | None) -> TFModel:
 
 
 def load_keras_file(path: Path) -> TFModel:
+    import_tensorflow()  # first: without TensorFlow, the error should name it (Keras 3 needs a backend)
     keras = require("keras", PURPOSE)
-    import_tensorflow()
     try:
         model = keras.saving.load_model(str(path), compile=False)
     except Exception as exc:

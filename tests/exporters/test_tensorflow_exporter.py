@@ -361,6 +361,7 @@ def test_missing_tensorflow_gives_an_install_hint(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     from accelserve.exporters.tensorflow_exporter import export_tensorflow
 
+    (tmp_path / "m.keras").write_bytes(b"PK")  # a model file exists: only TensorFlow is missing
     with pytest.raises(MissingDependencyError, match="tensorflow") as info:
         export_tensorflow(tmp_path / "m.keras", output=tmp_path / "m.onnx")
     assert "pip install 'accelserve[tensorflow]'" in str(info.value)
