@@ -193,3 +193,26 @@ def input_specs_from_onnx(model: "onnx.ModelProto") -> list[InputSpec]:  # noqa:
                 sample.append(axis_samples.setdefault(axis, 1 if i == 0 else 2))
         out.append(InputSpec(name=value.name, shape=tuple(dims), dtype=dtype, sample_shape=tuple(sample)))
     return out
+
+
+def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], origin: str, against: str = "the model") -> None:
+    """A clear error when ``feed`` does not fit ``specs``: missing/extra inputs, rank, static sizes or dtype.
+
+    ``origin`` names the feed in the message (a file, "sample inputs"), ``against`` what the specs describe."""
+    names = [s.name for s in specs]
+    if set(feed) != set(names):
+        raise InvalidInputError(f"{origin} has inputs {sorted(feed)}, {against}'s inputs are {names}")
+    for spec in specs:
+        arr = np.asarray(feed[spec.name])
+        shape = "x".join(map(str, spec.shape))
+        if arr.ndim != len(spec.shape):
+            raise InvalidInputError(
+                f"{origin}: input '{spec.name}' has rank {arr.ndim} ({'x'.join(map(str, arr.shape))}), "
+                f"{against} expects rank {len(spec.shape)} ({shape})"
+            )
+        for i, d in enumerate(spec.shape):
+            if isinstance(d, int) and arr.shape[i] != d:
+                raise InvalidInputError(f"{origin}: input '{spec.name}' has size {arr.shape[i]} on axis {i}, "
+                                        f"{against} expects {d} ({shape})")
+        if arr.dtype != spec.np_dtype:
+            raise InvalidInputError(f"{origin}: input '{spec.name}' is {arr.dtype}, {against} expects {spec.dtype}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from accelserve import plugins
 from accelserve.errors import InvalidInputError, VerificationError
 from accelserve.exporters.base import ExportOptions
 from accelserve.onnx_io import load_onnx
-from accelserve.specs import InputSpec, input_specs_from_onnx, random_feeds, sample_feed
+from accelserve.specs import InputSpec, check_feed, input_specs_from_onnx, random_feeds, sample_feed
 from accelserve.verify import DEFAULT_TOLERANCES, VerificationReport, tolerance_for, verify
 
 Feeds = dict[str, np.ndarray]
@@ -144,27 +144,6 @@ def _reference(args: argparse.Namespace) -> tuple[Any, str]:
     return [load_npz(p, "--expected") for p in args.expected], "expected outputs: " + ", ".join(map(str, args.expected))
 
 
-def check_feed_against_model(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], origin: str) -> None:
-    """A clear error for a missing/extra input, or an array whose rank, static size or dtype does not fit."""
-    names = [s.name for s in specs]
-    if set(feed) != set(names):
-        raise InvalidInputError(f"{origin} has inputs {sorted(feed)}, the model's inputs are {names}")
-    for spec in specs:
-        arr = feed[spec.name]
-        shape = "x".join(map(str, spec.shape))
-        if arr.ndim != len(spec.shape):
-            raise InvalidInputError(
-                f"{origin}: input '{spec.name}' has rank {arr.ndim} ({'x'.join(map(str, arr.shape))}), "
-                f"the model expects rank {len(spec.shape)} ({shape})"
-            )
-        for i, d in enumerate(spec.shape):
-            if isinstance(d, int) and arr.shape[i] != d:
-                raise InvalidInputError(f"{origin}: input '{spec.name}' has size {arr.shape[i]} on axis {i}, "
-                                        f"the model expects {d} ({shape})")
-        if arr.dtype != spec.np_dtype:
-            raise InvalidInputError(f"{origin}: input '{spec.name}' is {arr.dtype}, the model expects {spec.dtype}")
-
-
 def _specs(args: argparse.Namespace, model_specs: list[InputSpec]) -> list[InputSpec]:
     if not args.inputs:
         return apply_value_ranges(model_specs, args.value_range)
@@ -195,7 +174,7 @@ def verify_model(args: argparse.Namespace) -> tuple[VerificationReport, str]:
     rng = np.random.default_rng(args.seed)
     feeds = [load_npz(p, "--data") for p in args.data]
     for path, feed in zip(args.data, feeds):
-        check_feed_against_model(feed, specs, str(path))
+        check_feed(feed, specs, str(path))
     count = args.random if args.random is not None else (0 if args.expected else 3)
     if count < 0:
         raise InvalidInputError("--random must be >= 0")

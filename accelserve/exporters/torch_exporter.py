@@ -38,7 +38,7 @@ from accelserve.exporters.torch_loading import (
     summarize_error,
 )
 from accelserve.onnx_io import check_model, model_opset, move_onnx, save_onnx
-from accelserve.specs import InputSpec, random_feeds, sample_feed
+from accelserve.specs import InputSpec, check_feed, random_feeds, sample_feed
 from accelserve.verify import VerificationReport, tolerance_for, verify
 
 Feeds = dict[str, np.ndarray]
@@ -273,7 +273,7 @@ def export_loaded(
         specs.sort(key=lambda s: params.index(s.name))
         names = [s.name for s in specs]
     sample = dict(sample) if sample is not None else sample_feed(specs, rng)
-    _check_feed(sample, specs)
+    check_feed(sample, specs, "sample inputs", against="--input")
     reference = TorchReference(loaded, names)
     sample_outputs = reference(sample)  # the model must run on its sample before we try to capture it
     output_names = options.output_names or reference.output_names
@@ -327,24 +327,6 @@ def export_loaded(
                              metadata=metadata)
     messages = [*capture_notes, *(f"made ONNX Runtime-compatible: {c}" for c in compat.changes)]
     return ExportResult(artifact=artifact, messages=messages, verification=report)
-
-
-def _check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> None:
-    names = [s.name for s in specs]
-    if set(feed) != set(names):
-        raise InvalidInputError(f"sample inputs {sorted(feed)} do not match the input names {names}")
-    for spec in specs:
-        arr = np.asarray(feed[spec.name])
-        if arr.ndim != len(spec.shape):
-            raise InvalidInputError(
-                f"sample input '{spec.name}' has rank {arr.ndim} ({'x'.join(map(str, arr.shape))}), "
-                f"the spec says rank {len(spec.shape)} ({'x'.join(map(str, spec.shape))})"
-            )
-        for i, d in enumerate(spec.shape):
-            if isinstance(d, int) and arr.shape[i] != d:
-                raise InvalidInputError(f"sample input '{spec.name}' has size {arr.shape[i]} on static axis {i}, not {d}")
-        if arr.dtype != spec.np_dtype:
-            raise InvalidInputError(f"sample input '{spec.name}' is {arr.dtype}, the spec says {spec.dtype}")
 
 
 # --------------------------------------------------------------------------------------------------------------
