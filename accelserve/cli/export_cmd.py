@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.onnx", help="where to write the model")
     add_input_args(p)
     p.add_argument("--factory", metavar="MODULE:FN", help="builds the model when SOURCE is a state-dict checkpoint")
+    p.add_argument("--trust-source", action="store_true",
+                   help="load a .pt2/TorchScript archive with torch's own loader even when it carries pickled objects "
+                   "or code (runs that code: only for files you made)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, clamped to ONNX Runtime's maximum)")
     p.add_argument("--static-batch", action="store_true", help="keep the first dim static instead of a dynamic batch")
     p.add_argument("--output-name", dest="output_names", action="append", metavar="NAME",
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
         external_data=True if args.external_data else None,
         factory=args.factory,
+        trust_source=args.trust_source,
         output_names=args.output_names,
         seed=args.seed,
     )

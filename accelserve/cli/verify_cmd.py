@@ -104,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="expected outputs by output name, one file per --data file")
     ref.add_argument("--reference-onnx", type=Path, metavar="OTHER.onnx", help="compare with another ONNX model")
     p.add_argument("--factory", metavar="MODULE:FN", help="builds the model for a state-dict checkpoint source")
+    p.add_argument("--trust-source", action="store_true",
+                   help="load a .pt2/TorchScript source archive with torch's own loader even when it carries pickled "
+                   "objects or code (runs that code: only for files you made)")
     p.add_argument("--data", action="append", default=[], type=Path, metavar="FEEDS.npz",
                    help="an input set: arrays by input name (repeatable)")
     p.add_argument("--random", type=int, default=None, metavar="N",
@@ -134,7 +137,8 @@ def _reference(args: argparse.Namespace) -> tuple[Any, str]:
         name, source = ("torch", args.torch) if args.torch else (args.framework, args.source)
         exporter_cls = plugins.load("exporters", name)
         exporter = exporter_cls() if isinstance(exporter_cls, type) else exporter_cls
-        return exporter.load_reference(source, ExportOptions(factory=args.factory, seed=args.seed)), f"{name}: {source}"
+        return exporter.load_reference(source, ExportOptions(factory=args.factory, seed=args.seed,
+                                                              trust_source=args.trust_source)), f"{name}: {source}"
     if args.reference_onnx:
         from accelserve.runtimes.onnxruntime_runtime import OnnxRuntimeSession
 

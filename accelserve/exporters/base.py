@@ -25,6 +25,7 @@ class ExportOptions:
     min_cosine: float | None = None
     external_data: bool | None = None  #: None: one file below 2 GB
     factory: str | None = None  #: MODULE:FN building the model when the source is a state-dict checkpoint
+    trust_source: bool = False  #: load .pt2/TorchScript archives with torch's own loader (runs code they carry)
     output_names: list[str] | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

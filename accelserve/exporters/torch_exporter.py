@@ -400,7 +400,7 @@ def export_torch(
         if key not in known:
             raise TypeError(f"export_torch() got an unexpected keyword argument '{key}'")
     options = replace(options or ExportOptions(), **option_overrides)
-    loaded = load_torch_model(model, factory=options.factory)
+    loaded = load_torch_model(model, factory=options.factory, trust_source=options.trust_source)
     specs = [InputSpec.parse(s, dynamic_batch=options.dynamic_batch) if isinstance(s, str) else s
              for s in (inputs or [])]
     sample: Feeds | None = None
@@ -434,11 +434,11 @@ class TorchExporter(Exporter):
         self, source: Any, inputs: list[InputSpec], output: Path, options: ExportOptions | None = None
     ) -> ExportResult:
         options = options or ExportOptions()
-        loaded = load_torch_model(source, factory=options.factory)
+        loaded = load_torch_model(source, factory=options.factory, trust_source=options.trust_source)
         sample = options.extra.get("sample_feed")
         return export_loaded(loaded, inputs, output, options, sample)
 
     def load_reference(self, source: Any, options: ExportOptions | None = None) -> TorchReference:
         options = options or ExportOptions()
         _torch()
-        return TorchReference(load_torch_model(source, factory=options.factory))
+        return TorchReference(load_torch_model(source, factory=options.factory, trust_source=options.trust_source))

@@ -4,7 +4,9 @@ Accepted sources: an in-memory ``nn.Module`` / ``torch.jit.ScriptModule`` / ``to
 ``MODULE:ATTR`` naming an instance, a class or a zero-argument factory (``MODULE`` is a dotted module name or a
 path to a ``.py`` file); a TorchScript archive (``torch.jit.save``); a ``torch.export`` archive (``.pt2``); a
 state-dict checkpoint (``torch.save(model.state_dict())``) together with a factory that builds the model.
-Checkpoints are read with ``torch.load(weights_only=True)``: one that needs pickled code is refused.
+Checkpoints are read with ``torch.load(weights_only=True)``: one that needs pickled code is refused. TorchScript
+and .pt2 archives are inspected before loading and refused when they carry pickled objects or code with effects
+outside the model (see :mod:`accelserve.exporters.torch_archive_safety`), unless ``trust_source=True``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ import numpy as np
 
 from accelserve._lazy import require
 from accelserve.errors import InvalidInputError
+from accelserve.exporters.torch_archive_safety import (
+    check_exported_program_archive,
+    check_torchscript_archive,
+    safe_torch_load_guard,
+)
 from accelserve.specs import InputSpec
 
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
@@ -247,7 +254,7 @@ def _load_checkpoint(path: Path, factory: str | None) -> Any:
     return model
 
 
-def _load_file(path: Path, factory: str | None) -> LoadedTorchModel:
+def _load_file(path: Path, factory: str | None, trust_source: bool = False) -> LoadedTorchModel:
     torch = _torch()
     kind = archive_kind(path)
     if factory is not None and kind != "checkpoint":
@@ -258,20 +265,33 @@ def _load_file(path: Path, factory: str | None) -> LoadedTorchModel:
         raise InvalidInputError(
             f"{path} is neither a TorchScript archive, a torch.export (.pt2) archive nor a torch.save checkpoint"
         )
-    try:
+    if not trust_source:  # a crafted archive must not run its own code: look inside before torch does
         if kind == "torchscript":
-            return LoadedTorchModel(torch.jit.load(str(path), map_location="cpu").eval(), kind, f"TorchScript {path}")
-        if kind == "exported_program":
-            program = torch.export.load(str(path))
-            return LoadedTorchModel(program.module(), kind, f"torch.export archive {path}")
+            check_torchscript_archive(path)
+        elif kind == "exported_program":
+            check_exported_program_archive(path)
+    guard = contextlib.nullcontext() if trust_source else safe_torch_load_guard(torch)
+    try:
+        with guard:
+            if kind == "torchscript":
+                module = torch.jit.load(str(path), map_location="cpu").eval()
+                return LoadedTorchModel(module, kind, f"TorchScript {path}")
+            if kind == "exported_program":
+                program = torch.export.load(str(path))
+                return LoadedTorchModel(program.module(), kind, f"torch.export archive {path}")
+    except InvalidInputError:
+        raise
     except Exception as exc:
         raise InvalidInputError(f"{path} cannot be loaded as a {kind} archive: {type(exc).__name__}: {exc}") from exc
     model = _load_checkpoint(path, factory)
     return LoadedTorchModel(model.eval(), "checkpoint", f"checkpoint {path} + {factory}")
 
 
-def load_torch_model(source: Any, *, factory: str | None = None) -> LoadedTorchModel:
-    """Load ``source`` (see the module docstring) into a :class:`LoadedTorchModel` in eval mode."""
+def load_torch_model(source: Any, *, factory: str | None = None, trust_source: bool = False) -> LoadedTorchModel:
+    """Load ``source`` (see the module docstring) into a :class:`LoadedTorchModel` in eval mode.
+
+    Archives are checked first (:mod:`accelserve.exporters.torch_archive_safety`) and refused when loading them
+    could run code they carry; ``trust_source=True`` skips that for files the user vouches for."""
     torch = _torch()
     if isinstance(source, torch.export.ExportedProgram):
         return LoadedTorchModel(source.module(), "exported_program", "torch.export program")
@@ -285,7 +305,7 @@ def load_torch_model(source: Any, *, factory: str | None = None) -> LoadedTorchM
         )
     path = Path(source)
     if path.is_file():
-        return _load_file(path, factory)
+        return _load_file(path, factory, trust_source)
     text = str(source)
     if ":" in text:
         if factory is not None:

@@ -1,0 +1,125 @@
+"""A crafted .pt2 / TorchScript archive must not run its own code through `accelserve export` or `verify --torch`.
+
+Each archive in evil_archives.py creates a marker file when torch's own loader (or the loaded model) runs its
+payload; each of those was seen to create it with plain torch.export.load / torch.jit.load. Here the marker must
+stay absent and the command must end with a clear error (exit 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'accelserve[torch]')")
+
+from accelserve.cli.main import main  # noqa: E402
+from accelserve.errors import InvalidInputError  # noqa: E402
+from accelserve.exporters.torch_archive_safety import (  # noqa: E402
+    check_exported_program_archive,
+    pickle_globals,
+    safe_torch_load_guard,
+)
+from accelserve.exporters.torch_loading import load_torch_model  # noqa: E402
+from tests.graphs import make_linear_model  # noqa: E402
+
+pytestmark = [pytest.mark.torch,
+              pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")]
+
+sys.path.insert(0, str(Path(__file__).parent))
+import evil_archives as ea  # noqa: E402
+
+sys.path.remove(str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("archives")
+    return {"pt2": ea.save_pt2(d / "good.pt2"), "ts": ea.save_torchscript(d / "good.pt")}
+
+
+def _build(kind: str, name: str, good: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / f"PWNED_{name}"
+    if kind == "pt2":
+        return ea.PT2_ATTACKS[name](good["pt2"], tmp_path / f"evil_{name}.pt2", marker), marker
+    return ea.TORCHSCRIPT_ATTACKS[name](good["ts"], tmp_path / f"evil_{name}.pt", marker), marker
+
+
+def _run(argv: list[Any]) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, err.getvalue()
+
+
+ATTACKS = [("pt2", n) for n in ea.PT2_ATTACKS] + [("ts", n) for n in ea.TORCHSCRIPT_ATTACKS]
+
+
+@pytest.mark.parametrize(("kind", "name"), ATTACKS)
+def test_export_refuses_crafted_archive(kind: str, name: str, good: dict[str, Path], tmp_path: Path) -> None:
+    evil, marker = _build(kind, name, good, tmp_path)
+    out = tmp_path / "o.onnx"
+    rc, err = _run(["export", "torch", evil, "-i", "x:2x4", "-o", out])
+    assert not marker.exists(), "the archive's payload ran"
+    assert rc == 1, err
+    assert "refusing to load" in err and "never runs code from a model file" in err, err
+    assert "--trust-source" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("kind", "name"), [("pt2", "pickled_weight"), ("pt2", "shape_expression"),
+                                            ("ts", "save_op")])
+def test_verify_refuses_crafted_archive(kind: str, name: str, good: dict[str, Path], tmp_path: Path) -> None:
+    evil, marker = _build(kind, name, good, tmp_path)
+    onnx_model = make_linear_model(tmp_path / "m.onnx")
+    rc, err = _run(["verify", onnx_model, "--torch", evil, "--random", "1"])
+    assert not marker.exists(), "the archive's payload ran"
+    assert rc == 1 and "refusing to load" in err, err
+
+
+def test_archives_torch_saved_still_load(good: dict[str, Path]) -> None:
+    x = torch.randn(3, 4)
+    expected = ea.Tiny().eval()(x)
+    for path in good.values():
+        module = load_torch_model(str(path)).module
+        torch.testing.assert_close(module(x), expected)
+
+
+def test_guard_fails_closed_without_the_static_checks(good: dict[str, Path], tmp_path: Path) -> None:
+    """Even if the inspection missed a pickled weight, the guarded load refuses to unpickle it."""
+    evil, marker = _build("pt2", "pickled_weight", good, tmp_path)
+    original = torch.load
+    with pytest.raises(Exception), safe_torch_load_guard(torch):  # noqa: B017 - torch wraps the refusal
+        torch.export.load(str(evil))
+    assert not marker.exists()
+    assert torch.load is original  # restored
+
+
+def test_trust_source_uses_torchs_loader(good: dict[str, Path], tmp_path: Path) -> None:
+    # a pickle TorchScript's C++ unpickler rejects by itself (it imports no Python globals): safe to try
+    evil, marker = _build("ts", "pickled_global", good, tmp_path)
+    with pytest.raises(InvalidInputError, match="cannot be loaded as a torchscript archive"):
+        load_torch_model(str(evil), trust_source=True)
+    assert not marker.exists()
+
+
+def test_pickle_globals_sees_stack_global_and_memo() -> None:
+    import pickle
+
+    data = pickle.dumps(ea._Payload("1"), protocol=4)  # STACK_GLOBAL with memoized operands
+    assert pickle_globals(data) == ["builtins.exec"]
+    assert pickle_globals(b"\x80\x04\x95")[-1].startswith("<unreadable pickle")
+
+
+def test_non_pt2_zip_is_refused_clearly(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "old.pt2"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("version", "1.0")
+        zf.writestr("serialized_state_dict.pt", b"x")
+    with pytest.raises(InvalidInputError, match="torch >= 2.8"):
+        check_exported_program_archive(path)
