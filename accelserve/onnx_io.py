@@ -19,6 +19,7 @@ import onnx
 from onnx import external_data_helper
 
 from accelserve.errors import InvalidModelError
+from accelserve.onnx_limits import check_model_limits
 
 _T = TypeVar("_T")
 
@@ -70,7 +71,8 @@ def _sniff(path: Path) -> None:
 
 
 def read_onnx(path: str | Path, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file with a clear error for a missing, foreign, truncated or corrupt file."""
+    """Read an ONNX file with a clear error for a missing, foreign, truncated or corrupt file, or one whose shapes
+    or external data no machine can hold (:func:`accelserve.onnx_limits.check_model_limits`)."""
     p = Path(path)
     if not p.exists():
         raise InvalidModelError(f"model file {p} does not exist")
@@ -93,6 +95,7 @@ def read_onnx(path: str | Path, *, load_external_data: bool = True) -> onnx.Mode
             f"{p} keeps its weights in external data file(s) that are missing: {names}",
             hint="copy the .data file(s) next to the .onnx file, with the same names",
         )
+    check_model_limits(model, p)  # shapes and external data a machine can hold: one check for every command
     if load_external_data:
         try:
             external_data_helper.load_external_data_for_model(model, str(p.parent))

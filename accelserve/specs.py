@@ -110,6 +110,20 @@ class InputSpec:
 def random_array(
     rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, low: float | None = None, high: float | None = None
 ) -> np.ndarray:
+    try:
+        return _random_array(rng, shape, dtype, low, high)
+    except (MemoryError, ValueError) as exc:  # absurd shapes: a user error, not a crash
+        dtype = np.dtype(dtype)
+        raise InvalidInputError(
+            f"cannot make a random {dtype} array of shape {'x'.join(map(str, shape)) or 'scalar'}: "
+            f"{type(exc).__name__}: {exc}",
+            hint="give smaller sizes for the dynamic axes (--input NAME:SHAPE) or real data (--data)",
+        ) from exc
+
+
+def _random_array(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, low: float | None, high: float | None
+) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         return rng.integers(0, 2, size=shape).astype(np.bool_)

@@ -65,10 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace, feeds: dict, outputs: dict) -> int:
+    from accelserve.onnx_io import read_onnx
     from accelserve.runtimes.onnxruntime_runtime import OnnxRuntimeSession
     from accelserve.verify import VerificationReport, compare_arrays, tolerance_for
 
     tol = tolerance_for(args.precision, atol=args.atol, rtol=args.rtol)
+    read_onnx(args.compare, load_external_data=False)  # the checks every command runs on a model file
     session = OnnxRuntimeSession(args.compare)
     local = session.run(dict(feeds), output_names=list(outputs))
     report = VerificationReport(model=f"{args.model} (server) vs {args.compare} (ONNX Runtime)",
