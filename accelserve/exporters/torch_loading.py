@@ -12,6 +12,7 @@ outside the model (see :mod:`accelserve.exporters.torch_archive_safety`), unless
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -69,10 +70,22 @@ def _on_sys_path(directory: str) -> Iterator[None]:
             sys.path.remove(directory)
 
 
+def _user_module_name(path: Path) -> str:
+    """The name a user's model file is imported under. It ends up in the ONNX nodes' metadata (the module path of
+    each layer), so it must not vary between runs (no per-process ``hash()``): ``_accelserve_user_<stem>``, with a
+    digest of the path only when another file of the same stem is already imported in this process."""
+    resolved = path.resolve()
+    name = "_accelserve_user_" + re.sub(r"\W", "_", path.stem)
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() != resolved:
+        name += "_" + hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return name
+
+
 def _import_file(path: Path) -> Any:
     if not path.is_file():
         raise InvalidInputError(f"Python file {path} does not exist")
-    name = f"_accelserve_user_{path.stem}_{abs(hash(str(path.resolve()))):x}"
+    name = _user_module_name(path)
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

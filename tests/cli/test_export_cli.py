@@ -246,3 +246,31 @@ def test_clamping_is_reported_in_the_summary() -> None:
     assert "made ONNX Runtime-compatible: IR version 15 -> 14" in text
     assert "within what the installed ONNX Runtime loads" not in text
     assert "input  x: float32 [batch, 4]  (dynamic: batch)" in text
+
+
+def test_exports_are_reproducible_across_processes(tmp_path: Path) -> None:
+    """Same source, same versions -> same bytes: one export here and one in a fresh process with another hash
+    seed, for a file.py:ATTR source (imported under a name that once carried a per-process hash()) and a module
+    source."""
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    import hashlib
+
+    sources = {"file": (f"{TORCH_MODELS}:MLP", "x:2x8"), "module": ("tests.exporters.torch_models:MLP", "x:2x8")}
+
+    def argv(kind: str, out: Path) -> list[str]:
+        source, spec = sources[kind]
+        return ["export", "torch", source, "-i", spec, "-o", str(out), "--no-verify"]
+
+    script = ("import sys; from accelserve.cli.main import main\n"
+              f"for a in {[argv(k, tmp_path / f'child_{k}.onnx') for k in sources]!r}:\n"
+              "    assert main(a) == 0\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for kind in sources:
+        rc, _, err = _run(argv(kind, tmp_path / f"here_{kind}.onnx"))
+        assert rc == 0, err
+        here, child = (hashlib.sha256((tmp_path / f"{who}_{kind}.onnx").read_bytes()).hexdigest()
+                       for who in ("here", "child"))
+        assert here == child, f"{kind} source: two exports differ"

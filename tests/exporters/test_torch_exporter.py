@@ -417,3 +417,21 @@ def test_missing_torch_is_a_missing_dependency(monkeypatch: pytest.MonkeyPatch) 
     assert "accelserve[torch]" in info.value.hint
     with pytest.raises(MissingDependencyError):
         TorchExporter().export("pkg:Model", [InputSpec.parse("x:1x2")], Path("unused.onnx"))
+
+
+def test_user_files_import_under_stable_names(tmp_path: Path) -> None:
+    """The module name lands in the ONNX metadata: no per-process hash; two files of one stem stay apart."""
+    from accelserve.exporters.torch_loading import resolve_object
+
+    for sub, value in (("a", 1), ("b", 2)):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "stable_stem_model.py").write_text(f"VALUE = {value}\n")
+    try:
+        assert resolve_object(f"{tmp_path / 'a' / 'stable_stem_model.py'}:VALUE") == 1
+        assert resolve_object(f"{tmp_path / 'b' / 'stable_stem_model.py'}:VALUE") == 2
+        assert resolve_object(f"{tmp_path / 'a' / 'stable_stem_model.py'}:VALUE") == 1
+        names = sorted(n for n in sys.modules if n.startswith("_accelserve_user_stable_stem_model"))
+        assert names[0] == "_accelserve_user_stable_stem_model" and len(names) == 2
+    finally:
+        for n in [n for n in sys.modules if n.startswith("_accelserve_user_stable_stem_model")]:
+            del sys.modules[n]
