@@ -19,7 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--random", action="store_true", help="random inputs of the model's shapes and dtypes")
     data.add_argument("--data", metavar="FILE.npz", help="inputs from an .npz file, one array per input name")
     p.add_argument("--protocol", choices=["http", "grpc"], help="protocol when URL has no scheme (default http)")
-    p.add_argument("--batch", type=int, default=1, help="batch size for --random on batching models (default 1)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size on batching models: of the --random request (default 1), or of the requests a "
+                   "--data file is cut into along its first dim (default: one request, or max_batch_size samples "
+                   "each when the file holds more)")
+    p.add_argument("--range", dest="ranges", action="append", metavar="[NAME=]LOW:HIGH",
+                   help="range of --random values, for one input or all (repeatable; default -1:1, integers 0:100), "
+                   "e.g. --range ids=0:30522")
     p.add_argument("--shape", action="append", metavar="NAME=DIMS",
                    help="full shape of an input for --random, batch dim included, e.g. x=2x128 (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -34,13 +40,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from accelserve.errors import InvalidInputError
-    from accelserve.triton.client import TritonClient, load_inputs, parse_shape_overrides, random_inputs, summarize
+    from accelserve.loadtest.plan import parse_ranges
+    from accelserve.triton.client import (
+        TritonClient,
+        load_inputs,
+        parse_shape_overrides,
+        random_inputs,
+        split_requests,
+        summarize,
+    )
 
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise InvalidInputError(f"--batch must be >= 1, got {args.batch}")
     if args.shape and not args.random:
         raise InvalidInputError("--shape applies to --random inputs; --data arrays carry their own shapes")
+    if args.ranges and not args.random:
+        raise InvalidInputError("--range applies to --random inputs; --data arrays carry their own values")
     shapes = parse_shape_overrides(args.shape)
+    ranges = parse_ranges(args.ranges)
     with TritonClient(args.url, args.protocol, timeout=args.timeout) as client:
         client.check_live()
         info = client.model_info(args.model)
@@ -49,10 +66,16 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(
                 f"--shape names {unknown}, but model {info.name} has inputs {[t.name for t in info.inputs]}"
             )
-        feeds = random_inputs(info, batch=args.batch, shapes=shapes, seed=args.seed) if args.random \
-            else load_inputs(args.data, info)
-        outputs = client.infer(args.model, feeds, version=args.model_version)
+        if args.random:
+            requests = [random_inputs(info, batch=args.batch or 1, shapes=shapes, seed=args.seed, ranges=ranges)]
+        else:
+            requests = split_requests(load_inputs(args.data, info), info, args.batch)
+        replies = [client.infer(args.model, feeds, version=args.model_version) for feeds in requests]
+    feeds, outputs = _joined(requests), _joined(replies)
     print(f"model {info.name} at {client.url}")
+    if len(requests) > 1:
+        sizes = [len(next(iter(r.values()))) for r in requests]
+        print(f"requests: {len(requests)} of batch {sizes[0]}" + (f" (last {sizes[-1]})" if sizes[-1] != sizes[0] else ""))
     print("inputs:")
     for name, arr in feeds.items():
         print("  " + summarize(name, arr))
@@ -60,11 +83,20 @@ def run(args: argparse.Namespace) -> int:
     for name, arr in outputs.items():
         print("  " + summarize(name, arr))
     if args.compare:
-        return _compare(args, feeds, outputs)
+        return _compare(args, requests, outputs)
     return 0
 
 
-def _compare(args: argparse.Namespace, feeds: dict, outputs: dict) -> int:
+def _joined(parts: list[dict]) -> dict:
+    """One array per name: the requests' arrays joined along the batch dim (a single request as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    import numpy as np
+
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+
+
+def _compare(args: argparse.Namespace, requests: list[dict], outputs: dict) -> int:
     from accelserve.onnx_io import read_onnx
     from accelserve.runtimes.onnxruntime_runtime import OnnxRuntimeSession
     from accelserve.verify import VerificationReport, compare_arrays, tolerance_for
@@ -72,7 +104,7 @@ def _compare(args: argparse.Namespace, feeds: dict, outputs: dict) -> int:
     tol = tolerance_for(args.precision, atol=args.atol, rtol=args.rtol)
     read_onnx(args.compare, load_external_data=False)  # the checks every command runs on a model file
     session = OnnxRuntimeSession(args.compare)
-    local = session.run(dict(feeds), output_names=list(outputs))
+    local = _joined([session.run(dict(feeds), output_names=list(outputs)) for feeds in requests])
     report = VerificationReport(model=f"{args.model} (server) vs {args.compare} (ONNX Runtime)",
                                 precision=args.precision, tolerance=tol)
     for name, served in outputs.items():

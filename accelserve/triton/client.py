@@ -298,15 +298,47 @@ def request_shape(
 
 
 def random_inputs(info: ModelInfo, *, batch: int = 1, shapes: dict[str, tuple[int, ...]] | None = None,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Random data for every input of ``info`` (floats in [-1, 1), integers in [0, 100), booleans)."""
+                  seed: int = 0, ranges: dict[str | None, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
+    """Random data for every input of ``info`` (floats in [-1, 1), integers in [0, 100), booleans, unless
+    ``ranges`` gives ``(low, high)`` by input name, or under ``None`` for every input)."""
+    ranges = ranges or {}
+    names = [t.name for t in info.inputs]
+    unknown = sorted(k for k in ranges if k is not None and k not in names)
+    if unknown:
+        raise InvalidInputError(f"--range names {unknown}, but model {info.name} has inputs {names}")
     rng = np.random.default_rng(seed)
     feeds = {}
     for tensor in info.inputs:
         if tensor.datatype == "BYTES":
             raise InvalidInputError(f"input {tensor.name} is BYTES; random data needs a numeric input, use --data")
-        feeds[tensor.name] = random_array(rng, request_shape(tensor, info, batch, shapes or {}), tensor.dtype)
+        low, high = ranges.get(tensor.name, ranges.get(None, (None, None)))
+        feeds[tensor.name] = random_array(rng, request_shape(tensor, info, batch, shapes or {}), tensor.dtype,
+                                          low, high)
     return feeds
+
+
+def split_requests(feeds: dict[str, np.ndarray], info: ModelInfo, batch: int | None = None
+                   ) -> list[dict[str, np.ndarray]]:
+    """Cut sample arrays (first dim = samples) into requests of ``batch`` samples (the last may be smaller);
+    ``batch=None``: one request when the samples fit the model's ``max_batch_size``, else requests of that size.
+    A model that does not batch (``max_batch_size`` 0) gets the arrays as one request."""
+    if info.max_batch_size == 0:
+        if batch not in (None, 1):
+            raise InvalidInputError(f"model {info.name} does not batch (max_batch_size 0): --batch {batch} cannot "
+                                    "be sent; its --data arrays are sent as one request")
+        return [feeds]
+    samples = {int(a.shape[0]) for a in feeds.values() if a.ndim}
+    if len(samples) != 1:
+        raise InvalidInputError(f"the --data arrays hold different numbers of samples along the batch dim: "
+                                f"{ {k: a.shape[0] if a.ndim else None for k, a in feeds.items()} }")
+    n = samples.pop()
+    if n == 0:
+        raise InvalidInputError("the --data arrays hold no samples (first dim 0)")
+    size = batch if batch is not None else min(n, info.max_batch_size)
+    if size > info.max_batch_size:
+        raise InvalidInputError(f"--batch {size} exceeds the max_batch_size {info.max_batch_size} of model "
+                                f"{info.name}", hint=f"use --batch {info.max_batch_size} or less")
+    return [{k: np.ascontiguousarray(a[i:i + size]) for k, a in feeds.items()} for i in range(0, n, size)]
 
 
 def load_inputs(path: str | Path, info: ModelInfo) -> dict[str, np.ndarray]:

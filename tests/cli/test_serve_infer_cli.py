@@ -106,6 +106,31 @@ def test_infer_npz_data_with_protocol_flag(served: Served, tmp_path: Path, capsy
 
 
 @pytest.mark.e2e
+def test_infer_cuts_a_large_npz_into_batch_requests(served: Served, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(3).standard_normal((10, 4)).astype(np.float32)
+    np.savez(tmp_path / "many.npz", x=x)
+    rc = main(["infer", served.urls["HTTP"], "lin", "--data", str(tmp_path / "many.npz"), "--batch", "4",
+               "--compare", str(served.onnx)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "requests: 3 of batch 4 (last 2)" in out
+    assert re.search(r"^\s+y\s+shape=10x3 dtype=float32", out, re.MULTILINE)
+    assert re.search(r"^y\s+10x3\s.*PASS$", out, re.MULTILINE)
+    rc = main(["infer", served.urls["HTTP"], "lin", "--data", str(tmp_path / "many.npz"), "--batch", "64"])
+    assert rc == 1 and "exceeds the max_batch_size 32" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_infer_random_range(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["infer", served.urls["HTTP"], "lin", "--random", "--batch", "8", "--range", "x=5:6"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    found = re.search(r"^\s+x\s+shape=8x4 dtype=float32.*min=(\S+) max=(\S+)", out, re.MULTILINE)
+    assert found and 5 <= float(found.group(1)) and float(found.group(2)) < 6, out
+
+
+@pytest.mark.e2e
 def test_infer_against_a_different_model_fails_the_comparison(served: Served, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     other = make_linear_model(tmp_path / "other.onnx", seed=1)
