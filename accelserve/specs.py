@@ -136,6 +136,34 @@ def _random_array(
     return rng.uniform(lo, hi, size=shape).astype(dtype)
 
 
+def fixed_length_warnings(specs: list[InputSpec], model_specs: list[InputSpec] | None = None) -> list[str]:
+    """Warnings for integer inputs (token ids, positions, masks) whose dims after the first are all fixed: such a
+    spec exports a model that only takes that one sequence length, which is rarely meant. ``model_specs`` (the
+    model's own inputs, where it declares them) limit this to dims the model itself leaves dynamic."""
+    model = {m.name: m for m in model_specs or []}
+    out = []
+    for spec in specs:
+        if not np.issubdtype(spec.np_dtype, np.integer) or spec.np_dtype.itemsize < 4 or len(spec.shape) < 2:
+            continue  # uint8/int8 are image data rather than tokens
+        rest = list(enumerate(spec.shape))[1:]
+        if any(isinstance(d, str) for _, d in rest) or all(d == 1 for _, d in rest):
+            continue
+        own = model.get(spec.name)
+        if own is not None and len(own.shape) == len(spec.shape) and not any(
+                isinstance(own.shape[i], str) for i, d in rest if isinstance(d, int) and d > 1):
+            continue  # the model fixes those dims itself
+        concrete = spec.concrete_shape()
+        shape = "x".join(map(str, concrete))
+        dims = [str(i) for i, d in rest if isinstance(d, int) and d > 1]
+        named = "x".join([str(concrete[0])] + [f"seq={d}" if str(i) == dims[-1] else str(d) for i, d in rest])
+        out.append(
+            f"warning: integer input '{spec.name}' ({shape}, {spec.dtype}) has no dynamic axis after the batch, so "
+            f"the exported model only takes that length (dim {', '.join(dims)}); for token ids name the sequence "
+            f"axis, e.g. --input {spec.name}:{named}:{spec.dtype} (ignore this if the length is fixed by design)"
+        )
+    return out
+
+
 def axis_sample_sizes(specs: list[InputSpec]) -> dict[str, int]:
     """Sample size of each named dynamic axis; an axis shared by several inputs takes its first given size."""
     sizes: dict[str, int] = {}

@@ -190,3 +190,15 @@ def test_linear_model_fixture_specs(linear_model: Path) -> None:
     feed = sample_feed(specs, np.random.default_rng(0))
     assert verify(linear_model, [feed], _linear_reference(linear_model)).passed
 
+
+
+def test_fixed_length_warnings_for_integer_inputs() -> None:
+    from accelserve.specs import InputSpec, fixed_length_warnings
+
+    parse = InputSpec.parse
+    warned = fixed_length_warnings([parse("ids:1x16:int64"), parse("x:1x16"), parse("m:1xseq=16:int64"),
+                                    parse("label:4:int64"), parse("img:1x3x8x8:uint8"), parse("one:1x1:int32")])
+    assert len(warned) == 1 and "'ids'" in warned[0] and "--input ids:1xseq=16:int64" in warned[0]
+    # a model that fixes the length itself (TensorFlow signatures): nothing the user can change
+    assert fixed_length_warnings([parse("ids:1x16:int64")], [parse("ids:1x16:int64")]) == []
+    assert len(fixed_length_warnings([parse("ids:1x16:int64")], [parse("ids:1xseq:int64")])) == 1

@@ -31,7 +31,7 @@ from accelserve.errors import AccelserveError, ExportError, InvalidInputError, V
 from accelserve.exporters.base import Exporter, ExportOptions, ExportResult
 from accelserve.exporters.tensorflow_loading import PURPOSE, SOURCE_HELP, TFModel, import_tensorflow, load_source
 from accelserve.onnx_io import check_model, model_opset, move_onnx, onnxruntime_limits, save_onnx
-from accelserve.specs import InputSpec, random_feeds, sample_feed
+from accelserve.specs import InputSpec, fixed_length_warnings, random_feeds, sample_feed
 from accelserve.verify import VerificationReport, tolerance_for, verify
 
 #: option keys export_tensorflow() / ExportOptions.extra understand besides ExportOptions' fields
@@ -114,7 +114,9 @@ def resolve_input_specs(
         raise InvalidInputError("input names must be unique: " + ", ".join(s.name for s in specs))
     if not dynamic_batch:
         specs = [_fix_batch(s) for s in specs]
-    if not user_specs:
+    if user_specs:
+        messages[:0] = fixed_length_warnings(specs, list(derived) if derived is not None else None)
+    else:
         messages.insert(0, "inputs taken from the model: " + ", ".join(_spec_text(s) for s in specs))
     return specs, messages
 

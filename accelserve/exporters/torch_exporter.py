@@ -38,7 +38,7 @@ from accelserve.exporters.torch_loading import (
     summarize_error,
 )
 from accelserve.onnx_io import check_model, model_opset, move_onnx, save_onnx
-from accelserve.specs import InputSpec, check_feed, random_feeds, sample_feed
+from accelserve.specs import InputSpec, check_feed, fixed_length_warnings, random_feeds, sample_feed
 from accelserve.verify import VerificationReport, tolerance_for, verify
 
 Feeds = dict[str, np.ndarray]
@@ -325,7 +325,8 @@ def export_loaded(
         metadata["verification"] = report.to_dict()
     artifact = ModelArtifact(output, source_framework="torch", precision="fp32", history=("export:torch",),
                              metadata=metadata)
-    messages = [*capture_notes, *(f"made ONNX Runtime-compatible: {c}" for c in compat.changes)]
+    messages = [*fixed_length_warnings(specs), *capture_notes,
+                *(f"made ONNX Runtime-compatible: {c}" for c in compat.changes)]
     return ExportResult(artifact=artifact, messages=messages, verification=report)
 
 

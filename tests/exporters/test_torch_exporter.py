@@ -164,6 +164,17 @@ def test_axis_the_code_bounds_stays_dynamic_with_the_bound_reported(workdir: Pat
         assert session.run({"input_ids": ids})["output"].shape == (2, 8)
 
 
+def test_token_input_with_fixed_length_is_warned_about(workdir: Path) -> None:
+    out = workdir / "positions_fixed.onnx"
+    result = _export(src("LearnedPositions"), ["input_ids:2x12:int64"], out, replace(FAST, verify_random_inputs=0))
+    warnings = [m for m in result.messages if m.startswith("warning:")]
+    assert len(warnings) == 1 and "'input_ids'" in warnings[0] and "input_ids:2xseq=12:int64" in warnings[0]
+    assert _dims(out)[0] == {"input_ids": ["batch", 12]}  # what the warning is about
+    named = _export(src("LearnedPositions"), ["input_ids:2xseq=12:int64"], workdir / "positions_named.onnx",
+                    replace(FAST, verify_random_inputs=0))
+    assert not [m for m in named.messages if m.startswith("warning:")]
+
+
 def test_static_batch_spec(workdir: Path) -> None:
     out = workdir / "fixed_static.onnx"
     spec = InputSpec.parse("x:4x3", dynamic_batch=False)
