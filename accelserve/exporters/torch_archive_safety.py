@@ -13,7 +13,7 @@ What torch 2.13 would execute from a file, and what is checked here (without imp
     pickle may only name the tensor-rebuilding globals;
   * ``models/MODEL.json``: symbolic-shape expressions are parsed with ``sympy.sympify`` (which evaluates Python):
     each must be a plain shape expression; ``guards_code`` becomes Python source that ``program.module()``
-    compiles: must be empty; every node ``target`` must be an ATen/prims operator or a symbolic-int operator
+    execs: each must be a shape condition over ``L['input'].size()[i]``; every node ``target`` must be an ATen/prims operator or a symbolic-int operator
     (a ``torch.*`` attribute such as ``torch.os.system`` would otherwise be called when the model runs).
 ``torch.jit.load``
   * pickles (``data.pkl``, ``constants.pkl``, ``*.debug_pkl``) are read by TorchScript's C++ unpickler, which
@@ -66,15 +66,19 @@ _TORCHSCRIPT_CLASS = re.compile(r"__torch__(\.[A-Za-z_]\w*)*\.[A-Za-z_]\w*")
 _UNSAFE_OPS = {"save", "from_file", "rpc_async", "rpc_sync", "rpc_remote", "load_tensor", "_load_for_mobile"}
 _UNSAFE_NAMESPACES = {"debugprims", "profiler", "symm_mem"}
 
-# names a torch.export shape expression may use (torch's _print_sympy output, torch.utils._sympy.functions)
+# names a torch.export shape expression may use: sympy's srepr() of shape formulas (torch's serializer), the
+# functions of torch.utils._sympy.functions, and Symbol() assumptions (keyword arguments). Nothing that parses
+# strings (sympify, Poly, ...) and no Python builtins: parse_expr() would resolve eval/getattr/exec otherwise.
 _SYMPY_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
-    "Abs", "Piecewise", "floor", "ceiling", "sqrt", "oo", "zoo", "nan", "True", "False", "Mul", "Add", "Pow",
-    "int_oo", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat",
-    "Identity", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor", "OpaqueUnaryFn_sqrt",
-    # Symbol(...) assumptions, always as keyword arguments
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
+    "Equality", "Unequality", "StrictGreaterThan", "StrictLessThan", "GreaterThan", "LessThan", "And", "Or", "Not",
+    "BooleanTrue", "BooleanFalse", "true", "false", "True", "False", "Abs", "floor", "ceiling", "Mod", "Piecewise",
+    "ExprCondPair", "sqrt", "oo", "zoo", "nan", "Infinity", "NegativeInfinity", "ComplexInfinity", "NaN", "Half",
+    "One", "Zero", "NegativeOne", "IntInfinity", "NegativeIntInfinity", "int_oo",
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv", "LShift",
+    "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator",
+    "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "BitwiseFn_bitwise_and",
+    "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor", "OpaqueUnaryFn_sqrt",
     "positive", "negative", "integer", "nonnegative", "nonpositive", "real", "finite", "zero", "nonzero", "even",
     "odd", "commutative", "rational", "extended_real",
 }
@@ -166,17 +170,63 @@ def _check_torch_save_bytes(data: bytes, path: Path, member: str) -> None:
 
 
 def _check_expr(expr: str, path: Path) -> None:
+    """A shape expression is handed to ``sympy.sympify`` (Python ``eval``): allow only allowlisted names, numbers,
+    operators, and a quoted identifier as the first argument of ``Symbol(``; no attribute access, no call of a
+    call's result."""
+    def refuse(why: str) -> InvalidInputError:
+        return _refuse(path, f"a shape expression holds {why}, which is not part of a shape formula: {expr[:120]!r}")
+
     pos = 0
+    previous: list[str] = []  # the last two significant tokens
     while pos < len(expr):
         m = _EXPR_TOKEN.match(expr, pos)
         if m is None:
-            raise _refuse(path, f"a shape expression holds {expr[pos:pos + 20]!r}, which is not a shape formula: "
-                                f"{expr[:120]!r}")
+            raise refuse(repr(expr[pos:pos + 20]))
+        token = m.group(0)
+        pos = m.end()
+        if token.isspace():
+            continue
         name = m.group("name")
         if name and name not in _SYMPY_NAMES and not _SYMBOL_NAME.fullmatch(name):
-            raise _refuse(path, f"a shape expression names {name!r}, which is no shape symbol or function: "
-                                f"{expr[:120]!r}")
-        pos = m.end()
+            raise refuse(f"the name {name!r}")
+        if m.group("str") and previous[-2:] != ["Symbol", "("]:
+            raise refuse("a string outside Symbol('...')")
+        if token == "(" and previous[-1:] == [")"]:
+            raise refuse("a call of a call's result")
+        previous = [*previous[-1:], token]
+
+
+_GUARD_NODES = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribute,
+                ast.Subscript, ast.Name, ast.Constant, ast.Load, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+_GUARD_NAMES = {"L", "math", "max", "min", "abs", "int", "float", "round", "bool", "IsNonOverlappingAndDenseIndicator",
+                "cast_symbool_to_symint_guardless"}
+_GUARD_ATTRS = {"size", "stride", "storage_offset", "dim", "numel", "floor", "ceil", "sqrt", "trunc", "log2", "inf"}
+
+
+def _check_guard(code: Any, path: Path) -> None:
+    """``guards_code`` entries are pasted into Python source that torch execs (``torch/export/_unlift.py``): only a
+    shape condition over ``L['input'].size()[i]`` with arithmetic, comparisons and a few math functions passes."""
+    def refuse(why: str) -> InvalidInputError:
+        return _refuse(path, f"its guards_code (Python source torch compiles into the module) holds {why}: "
+                             f"{str(code)[:120]!r}")
+
+    if not isinstance(code, str):
+        raise refuse("a non-string entry")
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError as exc:
+        raise refuse("something that is no Python expression") from exc
+    for node in ast.walk(tree):
+        if not isinstance(node, _GUARD_NODES):
+            raise refuse(f"a {type(node).__name__}, which no shape guard needs")
+        if isinstance(node, ast.Name) and node.id not in _GUARD_NAMES:
+            raise refuse(f"the name {node.id!r}")
+        if isinstance(node, ast.Attribute) and node.attr not in _GUARD_ATTRS:
+            raise refuse(f"the attribute {node.attr!r}")
+        if isinstance(node, ast.Constant) and not (
+                isinstance(node.value, (bool, int, float)) or
+                (isinstance(node.value, str) and re.fullmatch(r"[A-Za-z_]\w*", node.value))):
+            raise refuse(f"the constant {node.value!r}")
 
 
 def _walk_json(obj: Any) -> Iterator[tuple[str, Any]]:
@@ -190,8 +240,10 @@ def _walk_json(obj: Any) -> Iterator[tuple[str, Any]]:
 
 
 _OP_TARGET = re.compile(r"torch\.ops\.(?P<ns>\w+)\.(?P<op>\w+)(\.\w+)?")
-_SYM_TARGET = re.compile(r"(_operator\.\w+|math\.\w+|torch\.(sym_\w+|_sym_sqrt|sym_float|sym_int|sym_not|sym_ite"
-                         r"|sym_max|sym_min|sym_sum))")
+# torch's _SYM_OPS (symbolic-size arithmetic), by the names its serializer writes
+_SYM_TARGET = re.compile(r"_operator\.(add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge|and_|or_|xor"
+                         r"|not_|invert|lshift|rshift)|math\.(trunc|floor|ceil|sqrt)"
+                         r"|torch\.(sym_float|sym_int|sym_not|sym_ite|sym_max|sym_min|sym_sum|_sym_sqrt)")
 
 
 def _check_target(target: str, path: Path) -> None:
@@ -250,9 +302,8 @@ def check_exported_program_archive(path: Path) -> None:
                 program = json.loads(zf.read(rel[f"models/{model}.json"]))
             except (ValueError, UnicodeDecodeError) as exc:
                 raise InvalidInputError(f"{path}: models/{model}.json is not valid JSON ({exc})") from exc
-            if program.get("guards_code"):
-                raise _refuse(path, "it carries guards_code, Python source that torch compiles when building the "
-                                    "module")
+            for guard in program.get("guards_code") or []:
+                _check_guard(guard, path)
             for key, value in _walk_json(program):
                 if key == "expr_str" and isinstance(value, str):
                     _check_expr(value, path)

@@ -123,3 +123,93 @@ def test_non_pt2_zip_is_refused_clearly(tmp_path: Path) -> None:
         zf.writestr("serialized_state_dict.pt", b"x")
     with pytest.raises(InvalidInputError, match="torch >= 2.8"):
         check_exported_program_archive(path)
+
+
+class _SharedDims(torch.nn.Module):
+    """Two inputs sharing the batch axis (torch writes a guards_code entry), derived sizes, a bounded axis, a cond."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.register_buffer("pos", torch.arange(64).unsqueeze(0), persistent=False)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x).flatten(2)
+        z = torch.cond(ids.shape[1] > 4, lambda t: t + 1, lambda t: t - 1, (torch.cat([y, y], dim=2),))
+        return z.sum(-1), (ids + self.pos[:, : ids.shape[1]]).float().mean(-1)
+
+
+def test_real_archive_with_guards_and_shape_formulas_loads(tmp_path: Path) -> None:
+    batch, half = torch.export.Dim("batch"), torch.export.Dim("h", min=4, max=64)
+    seq = torch.export.Dim("seq", max=64)
+    args = (torch.randn(2, 3, 16, 16), torch.randint(0, 9, (2, 8)))
+    program = torch.export.export(_SharedDims().eval(), args,
+                                  dynamic_shapes=({0: batch, 2: 2 * half, 3: 2 * half}, {0: batch, 1: seq}))
+    torch.export.save(program, str(tmp_path / "shared.pt2"))
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "shared.pt2") as zf:
+        model_json = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("models/model.json"))))
+    assert model_json["guards_code"], "the test needs an archive with guards"
+    module = load_torch_model(str(tmp_path / "shared.pt2")).module
+    x, ids = torch.randn(3, 3, 20, 20), torch.randint(0, 9, (3, 10))
+    torch.testing.assert_close(module(x, ids), _SharedDims().eval()(x, ids))
+
+
+@pytest.mark.parametrize("expr", [
+    "Symbol('s77', positive=True, integer=True)", "Mul(Integer(2), Pow(Symbol('s3', integer=True), Integer(2)))",
+    "StrictGreaterThan(Symbol('s27', positive=True, integer=True), Integer(4))", "FloorDiv(s0, 2) + Max(1, s1)",
+])
+def test_shape_formulas_pass(expr: str, tmp_path: Path) -> None:
+    from accelserve.exporters.torch_archive_safety import _check_expr
+
+    _check_expr(expr, tmp_path / "m.pt2")
+
+
+@pytest.mark.parametrize("expr", [
+    "eval('exit')(Integer(0))", "Symbol('s0').__class__", "Add('exec')", "Symbol('s0')(Integer(1))",
+    "getattr(s0, 'x')", "Symbol('a b')", "Symbol(\"s0\")", "lambda: 0", "s0[0]",
+])
+def test_shape_formulas_refused(expr: str, tmp_path: Path) -> None:
+    from accelserve.exporters.torch_archive_safety import _check_expr
+
+    with pytest.raises(InvalidInputError, match="shape expression"):
+        _check_expr(expr, tmp_path / "m.pt2")
+
+
+@pytest.mark.parametrize(("guard", "ok"), [
+    ("L['ids'].size()[0] == L['x'].size()[0]", True),
+    ("2*((L['x'].size()[2]//2)) == L['x'].size()[2] and math.floor(L['x'].size()[1] / 2) >= 1", True),
+    ("__import__('os').system('true') is None", False),
+    ("L['x'].__class__", False),
+    ("L['x\"); import os; (\"'].size()[0] == 1", False),
+    ("L['x'].size()[0], 'msg'", False),
+    ("(lambda: 0)()", False),
+])
+def test_guards(guard: str, ok: bool, tmp_path: Path) -> None:
+    from accelserve.exporters.torch_archive_safety import _check_guard
+
+    if ok:
+        _check_guard(guard, tmp_path / "m.pt2")
+    else:
+        with pytest.raises(InvalidInputError, match="guards_code"):
+            _check_guard(guard, tmp_path / "m.pt2")
+
+
+@pytest.mark.parametrize(("target", "ok"), [
+    ("torch.ops.aten.add.Tensor", True), ("torch.ops.higher_order.cond", True), ("_operator.floordiv", True),
+    ("torch.sym_max", True), ("math.trunc", True),
+    # torch resolves any callable under torch.* / operator.* and calls it when the module runs
+    ("torch.os.system", False), ("_operator.call", False), ("_operator.methodcaller", False),
+    ("torch.ops.aten.save.default", False), ("torch.ops.aten.from_file.default", False), ("builtins.exec", False),
+])
+def test_graph_targets(target: str, ok: bool, tmp_path: Path) -> None:
+    from accelserve.exporters.torch_archive_safety import _check_target
+
+    if ok:
+        _check_target(target, tmp_path / "m.pt2")
+    else:
+        with pytest.raises(InvalidInputError, match="its graph calls"):
+            _check_target(target, tmp_path / "m.pt2")
