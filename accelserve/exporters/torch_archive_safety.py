@@ -267,7 +267,8 @@ def check_exported_program_archive(path: Path) -> None:
     with zf:
         names = zf.namelist()
         roots = {n.split("/", 1)[0] for n in names if n.count("/") >= 1 and n.endswith("/archive_format")}
-        if len(roots) != 1:
+        legacy = [n for n in names if n == "version" or n.startswith("serialized_")]  # torch.export.load's fallback
+        if len(roots) != 1 or legacy:
             raise _refuse(path, "it is not in the torch.export archive format of torch >= 2.8 (an older layout "
                                 "holds pickled state)", hint="re-save it with torch.export.save in torch 2.13")
         root = roots.pop() + "/"
