@@ -122,6 +122,17 @@ def test_infer_cuts_a_large_npz_into_batch_requests(served: Served, tmp_path: Pa
 
 
 @pytest.mark.e2e
+def test_infer_compare_checks_the_model_file_like_every_command(served: Served, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_onnx_limits import _relu
+
+    rank = _relu(tmp_path / "rank.onnx", ["batch"] + [1] * 9999)
+    rc = main(["infer", served.urls["HTTP"], "lin", "--random", "--compare", str(rank)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "rank 10000" in err and "Traceback" not in err, err
+
+
+@pytest.mark.e2e
 def test_infer_random_range(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["infer", served.urls["HTTP"], "lin", "--random", "--batch", "8", "--range", "x=5:6"])
     out = capsys.readouterr().out
