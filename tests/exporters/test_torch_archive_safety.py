@@ -103,6 +103,10 @@ def test_trust_source_uses_torchs_loader(good: dict[str, Path], tmp_path: Path) 
     evil, marker = _build("ts", "pickled_global", good, tmp_path)
     with pytest.raises(InvalidInputError, match="cannot be loaded as a torchscript archive"):
         load_torch_model(str(evil), trust_source=True)
+    for argv in (["export", "torch", evil, "-i", "x:2x4", "-o", tmp_path / "o.onnx", "--trust-source"],
+                 ["verify", make_linear_model(tmp_path / "m.onnx"), "--torch", evil, "--trust-source"]):
+        rc, err = _run(argv)
+        assert rc == 1 and "cannot be loaded as a torchscript archive" in err and "refusing" not in err, err
     assert not marker.exists()
 
 
