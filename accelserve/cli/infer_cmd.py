@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {info.name} at {client.url}")
     if len(requests) > 1:
         sizes = [len(next(iter(r.values()))) for r in requests]
-        print(f"requests: {len(requests)} of batch {sizes[0]}" + (f" (last {sizes[-1]})" if sizes[-1] != sizes[0] else ""))
+        last = f" (last {sizes[-1]})" if sizes[-1] != sizes[0] else ""
+        print(f"requests: {len(requests)} of batch {sizes[0]}{last}")
     print("inputs:")
     for name, arr in feeds.items():
         print("  " + summarize(name, arr))

@@ -13,7 +13,8 @@ What torch 2.13 would execute from a file, and what is checked here (without imp
     pickle may only name the tensor-rebuilding globals;
   * ``models/MODEL.json``: symbolic-shape expressions are parsed with ``sympy.sympify`` (which evaluates Python):
     each must be a plain shape expression; ``guards_code`` becomes Python source that ``program.module()``
-    execs: each must be a shape condition over ``L['input'].size()[i]``; every node ``target`` must be an ATen/prims operator or a symbolic-int operator
+    execs: each must be a shape condition over ``L['input'].size()[i]``; every node ``target`` must be an
+    ATen/prims operator or a symbolic-int operator
     (a ``torch.*`` attribute such as ``torch.os.system`` would otherwise be called when the model runs).
 ``torch.jit.load``
   * pickles (``data.pkl``, ``constants.pkl``, ``*.debug_pkl``) are read by TorchScript's C++ unpickler, which
