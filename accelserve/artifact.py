@@ -46,7 +46,9 @@ class ModelArtifact:
         return read_onnx(self.path, load_external_data=load_external_data)
 
     def files(self) -> list[Path]:
-        """The model file and its external-data files."""
+        """The model file and its external-data files (a TensorRT engine, ``.plan``, is one file)."""
+        if self.path.suffix in (".plan", ".engine"):
+            return [self.path]
         header = read_onnx(self.path, load_external_data=False)
         return [self.path, *external_data_files(header, self.path.parent)]
 

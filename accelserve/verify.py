@@ -173,19 +173,23 @@ def verify(
     precision: str = "fp32",
     tolerance: Tolerance | None = None,
     threads: int | None = None,
+    runtime: str = "onnxruntime",
 ) -> VerificationReport:
-    """Compare ONNX Runtime outputs of ``model_path`` on each feed with the reference.
+    """Compare the outputs of ``model_path`` run by ``runtime`` (a plugin of the ``accelserve.runtimes`` group:
+    ``onnxruntime`` on the CPU by default; ``onnxruntime-cuda``, ``onnxruntime-tensorrt``, ``tensorrt`` on a GPU) on
+    each feed with the reference.
 
     ``reference`` is a callable (e.g. the source framework's forward) returning outputs by name or in ONNX output
     order, or a list of expected output dicts, one per feed. Returns the report; call ``raise_if_failed()``
     to turn a failure into a :class:`VerificationError`.
     """
-    from accelserve.runtimes.onnxruntime_runtime import OnnxRuntimeSession
+    from accelserve import plugins
 
     if not feeds:
         raise InvalidInputError("verification needs at least one input set")
     tol = tolerance or tolerance_for(precision)
-    session = OnnxRuntimeSession(model_path, threads=threads)
+    runtime_cls = plugins.load("runtimes", runtime)
+    session = (runtime_cls() if isinstance(runtime_cls, type) else runtime_cls).load(model_path, threads=threads)
     names = [o.name for o in session.outputs]
     report = VerificationReport(model=str(model_path), precision=precision, tolerance=tol)
     for i, feed in enumerate(feeds):

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "loadtest_cmd",
     "optimize_cmd",
     "evaluate_cmd",
+    "build_engine_cmd",
     "demo_cmd",
 ]
 

@@ -29,7 +29,10 @@ def _register_add(cmds: argparse._SubParsersAction) -> None:
         "(re)generate NAME/config.pbtxt. An existing model's config is regenerated only if the new model has the "
         "same inputs/outputs; otherwise use a new --name or --replace-config. Nothing is changed on failure.",
     )
-    a.add_argument("model", help="the .onnx file (external-data files beside it are copied too)")
+    a.add_argument("model", help="the .onnx file (external-data files beside it are copied too), or a TensorRT "
+                   "engine (.plan) for a tensorrt_plan entry")
+    a.add_argument("--from-onnx", metavar="MODEL.onnx", default=None,
+                   help="for a .plan: take inputs/outputs from the ONNX model it was built from (no TensorRT needed)")
     a.add_argument("--repo", default="model_repository", help="model repository directory (default: %(default)s)")
     a.add_argument("--name", required=True, help="model name (the directory under the repository)")
     a.add_argument("--max-batch-size", type=int, default=None,
@@ -52,6 +55,9 @@ def _register_add(cmds: argparse._SubParsersAction) -> None:
     a.add_argument("--workspace-bytes", type=int, default=None, help="TensorRT max_workspace_size_bytes")
     a.add_argument("--trt-engine-cache", metavar="DIR", default=None,
                    help="enable TensorRT's engine cache in DIR (absolute path as the server sees it)")
+    a.add_argument("--trt-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any documented parameter of the onnxruntime backend's TensorRT accelerator (repeatable), "
+                   "e.g. trt_timing_cache_enable=1, int8_calibration_table_name=model.calib; checked by name")
     a.add_argument("--replace-config", action="store_true",
                    help="write a fresh config.pbtxt even if it is incompatible with the existing one")
     a.add_argument("--dry-run", action="store_true", help="print the config and target paths; write nothing")
@@ -59,6 +65,7 @@ def _register_add(cmds: argparse._SubParsersAction) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from accelserve.tensorrt.accelerator import parse_trt_options
     from accelserve.triton.config import TritonModelOptions
     from accelserve.triton.repository import add_model
 
@@ -74,9 +81,10 @@ def run_add(args: argparse.Namespace) -> int:
         precision=args.precision,
         workspace_bytes=args.workspace_bytes,
         trt_engine_cache=args.trt_engine_cache,
+        trt_parameters=tuple(parse_trt_options(args.trt_option).items()),
     )
     result = add_model(args.model, args.repo, args.name, options,
-                       replace_config=args.replace_config, dry_run=args.dry_run)
+                       replace_config=args.replace_config, dry_run=args.dry_run, onnx_source=args.from_onnx)
     if result.dry_run:
         print(f"dry run: would add '{result.name}' version {result.version}; nothing was written")
         for f in result.files:

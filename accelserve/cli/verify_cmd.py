@@ -44,6 +44,9 @@ def add_input_args(p: argparse.ArgumentParser, *, required_help: str = "") -> No
 def add_tolerance_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=sorted(DEFAULT_TOLERANCES),
                    help="precision of the model under test; selects default tolerances (default fp32)")
+    p.add_argument("--runtime", default="onnxruntime",
+                   help="runtime that runs the model under test (an accelserve.runtimes plugin: onnxruntime, "
+                   "onnxruntime-cuda, onnxruntime-tensorrt, tensorrt; default %(default)s)")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: the precision's)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: the precision's)")
     p.add_argument("--min-cosine", type=float, help="minimum cosine similarity per output (default: the precision's)")
@@ -192,7 +195,7 @@ def verify_model(args: argparse.Namespace) -> tuple[VerificationReport, str]:
         feeds.append(sample_feed(specs, rng))
     feeds.extend(random_feeds(specs, count, rng))
     tolerance = tolerance_for(args.precision, args.atol, args.rtol, args.min_cosine)
-    report = verify(args.model, feeds, reference, precision=args.precision, tolerance=tolerance)
+    report = verify(args.model, feeds, reference, precision=args.precision, tolerance=tolerance, runtime=args.runtime)
     return report, what
 
 

@@ -64,6 +64,8 @@ class TritonModelOptions:
     workspace_bytes: int | None = None
     #: absolute directory, as seen by the tritonserver process, for TensorRT's engine cache
     trt_engine_cache: str | None = None
+    #: further documented TensorRT accelerator parameters as (key, value) pairs (accelserve.tensorrt.accelerator)
+    trt_parameters: tuple[tuple[str, str], ...] = ()
 
     def check(self) -> None:
         """Raise InvalidInputError for options that contradict each other (independent of the model)."""
@@ -94,6 +96,7 @@ class TritonModelOptions:
             "--precision": self.precision,
             "--workspace-bytes": self.workspace_bytes,
             "--trt-engine-cache": self.trt_engine_cache,
+            "--trt-option": self.trt_parameters or None,
         }
         if self.accelerator is None:
             given = [flag for flag, value in trt_only.items() if value is not None]
@@ -123,6 +126,11 @@ class TritonModelOptions:
                 f"TensorRT engine cache directory '{self.trt_engine_cache}' is not an absolute path",
                 hint="give the absolute path the tritonserver process will see, e.g. /var/cache/trt",
             )
+        from accelserve.tensorrt.accelerator import trt_parameter_problems
+
+        problems = trt_parameter_problems(dict(self.trt_parameters))
+        if problems:
+            raise InvalidInputError("; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,6 +315,11 @@ def _add_tensorrt(config: mc.ModelConfig, model: onnx.ModelProto, options: Trito
     if options.trt_engine_cache is not None:
         accel.parameters["trt_engine_cache_enable"] = "true"
         accel.parameters["trt_engine_cache_path"] = options.trt_engine_cache
+    for key, value in options.trt_parameters:
+        if key in accel.parameters and accel.parameters[key] != value:
+            raise InvalidInputError(f"TensorRT parameter '{key}' is set twice ({accel.parameters[key]!r} by a flag, "
+                                    f"{value!r} by --trt-option)")
+        accel.parameters[key] = value
 
 
 def build_config(model: onnx.ModelProto, name: str, options: TritonModelOptions | None = None) -> mc.ModelConfig:

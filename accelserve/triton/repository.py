@@ -119,8 +119,31 @@ def _open_model(model: str | Path | ModelArtifact) -> tuple[ModelArtifact, onnx.
     return artifact, header, files
 
 
-def _is_onnx_config(config: ModelConfig) -> bool:
-    return config.platform == ONNX_PLATFORM or (not config.platform and config.backend == ONNX_BACKEND)
+def _platform_of(config: ModelConfig) -> str:
+    if not config.platform and config.backend == ONNX_BACKEND:
+        return ONNX_PLATFORM
+    return config.platform or config.backend
+
+
+def _describe_model(model: str | Path | ModelArtifact, name: str, options: TritonModelOptions | None,
+                    onnx_source: str | Path | None, notes: list[str]
+                    ) -> tuple[ModelArtifact, list[Path], ModelConfig, str]:
+    """The artifact, its files, the config to serve it with, and its file name in a version directory.
+
+    ``.plan`` files are TensorRT engines (a ``tensorrt_plan`` entry, signature from the engine or ``onnx_source``);
+    anything else is read as ONNX."""
+    from accelserve.tensorrt.plan_entry import PLAN_FILENAME, is_plan_file, plan_config
+
+    path = model.path if isinstance(model, ModelArtifact) else Path(model)
+    if is_plan_file(path):
+        config, source = plan_config(path, name, onnx_source=onnx_source, options=options)
+        notes.append(source)
+        artifact = model if isinstance(model, ModelArtifact) else ModelArtifact(path, source_framework="tensorrt")
+        return artifact, [path], config, PLAN_FILENAME
+    if onnx_source is not None:
+        raise RepositoryError("--from-onnx describes a TensorRT engine (.plan); this model is ONNX already")
+    artifact, header, files = _open_model(model)
+    return artifact, files, build_config(header, name, options), MODEL_FILENAME
 
 
 def _merge_with_existing(
@@ -147,8 +170,8 @@ def _merge_with_existing(
             return new
         raise RepositoryError(f"the existing config cannot be read: {exc.message}", hint=hint) from None
     diffs = signature_differences(old, new)
-    if not _is_onnx_config(old):
-        diffs.insert(0, f"platform/backend '{old.platform or old.backend or '?'}' -> '{ONNX_PLATFORM}'")
+    if _platform_of(old) != _platform_of(new):
+        diffs.insert(0, f"platform/backend '{old.platform or old.backend or '?'}' -> '{new.platform}'")
     if diffs:
         if replace_config:
             notes.append("replaced an incompatible config: " + "; ".join(diffs))
@@ -299,8 +322,12 @@ def add_model(
     *,
     replace_config: bool = False,
     dry_run: bool = False,
+    onnx_source: str | Path | None = None,
 ) -> AddResult:
-    """Add an ONNX model as the next version of ``name`` in the Triton repository ``repo``.
+    """Add an ONNX model (or a TensorRT engine, ``.plan``) as the next version of ``name`` in the repository ``repo``.
+
+    For an engine the config's signature is read from the engine with TensorRT, or, with ``onnx_source``, from the
+    ONNX model it was built from (the result's notes say which).
 
     Creates ``repo`` and ``repo/name`` as needed. Raises a user error (and writes nothing) for a bad name, an
     unreadable or invalid model, options that do not fit the model, or a config incompatible with the existing
@@ -313,12 +340,11 @@ def add_model(
     model_dir = repo / name
     if model_dir.exists() and not model_dir.is_dir():
         raise RepositoryError(f"{model_dir} exists but is not a directory", hint="remove it or choose another --name")
-    artifact, header, files = _open_model(model)
-    config = build_config(header, name, options)
+    notes: list[str] = []
+    artifact, files, config, filename = _describe_model(model, name, options, onnx_source, notes)
 
     exists = model_dir.is_dir()
     version = next_version(model_dir)
-    notes: list[str] = []
     if exists:
         config = _merge_with_existing(model_dir, config, version, replace_config, notes)
     config_text = config_to_text(config)
@@ -330,34 +356,36 @@ def add_model(
     )
     if dry_run:
         return AddResult(version=version, version_dir=model_dir / str(version),
-                         files=_version_files(model_dir / str(version), artifact, files), notes=tuple(notes), **result)
+                         files=_version_files(model_dir / str(version), artifact, files, filename), notes=tuple(notes),
+                         **result)
 
     staging = _make_staging_dir(repo, model_dir)
     try:
         if exists:
             staged_version = staging / "version"
             staged_config = None if config_unchanged else staging / CONFIG_FILENAME
-            _stage(artifact, staged_version, staged_config, config_text)
+            _stage(artifact, staged_version, staged_config, config_text, filename)
             version = _commit_new_version(staged_version, staged_config, model_dir, version)
         else:
             staged_model = staging / name
-            _stage(artifact, staged_model / str(version), staged_model / CONFIG_FILENAME, config_text)
+            _stage(artifact, staged_model / str(version), staged_model / CONFIG_FILENAME, config_text, filename)
             _commit_new_model(staged_model, repo, model_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     version_dir = model_dir / str(version)
-    return AddResult(version=version, version_dir=version_dir, files=_version_files(version_dir, artifact, files),
-                     notes=tuple(notes), **result)
+    return AddResult(version=version, version_dir=version_dir,
+                     files=_version_files(version_dir, artifact, files, filename), notes=tuple(notes), **result)
 
 
-def _version_files(version_dir: Path, artifact: ModelArtifact, files: list[Path]) -> tuple[Path, ...]:
-    return (version_dir / MODEL_FILENAME, *(version_dir / f.relative_to(artifact.path.parent) for f in files[1:]))
+def _version_files(version_dir: Path, artifact: ModelArtifact, files: list[Path], filename: str) -> tuple[Path, ...]:
+    return (version_dir / filename, *(version_dir / f.relative_to(artifact.path.parent) for f in files[1:]))
 
 
-def _stage(artifact: ModelArtifact, version_dir: Path, config_file: Path | None, config_text: str) -> None:
+def _stage(artifact: ModelArtifact, version_dir: Path, config_file: Path | None, config_text: str,
+           filename: str) -> None:
     try:
-        artifact.copy_to(version_dir, MODEL_FILENAME)
+        artifact.copy_to(version_dir, filename)
         if config_file is not None:
             _write_text(config_file, config_text)
         _fsync_tree(version_dir.parent)

@@ -29,6 +29,8 @@ from accelserve.triton.config import (
     graph_signature,
     read_config,
 )
+from accelserve.tensorrt.accelerator import accelerator_problems
+from accelserve.tensorrt.plan_entry import plan_problems
 from accelserve.triton.dtypes import onnx_to_triton, onnx_type_name, triton_type_name
 from accelserve.triton.naming import triton_name_problems
 from accelserve.triton.repository import STAGING_MARKER, version_dirs
@@ -203,6 +205,7 @@ def config_problems(
                 out.append(f"model_warmup '{warmup.name}' feeds '{key}', which is not a config input")
             if data.input_data_file and not (model_dir / "warmup" / data.input_data_file).is_file():
                 out.append(f"model_warmup '{warmup.name}' data file warmup/{data.input_data_file} is missing")
+    out += accelerator_problems(config)
     if config.HasField("ensemble_scheduling") and repository_models is not None:
         known = set(repository_models)
         for step in config.ensemble_scheduling.step:
@@ -259,6 +262,8 @@ def _version_problems(config: mc.ModelConfig, model_dir: Path, config_path: Path
             problems.append(Problem(model_file, f"missing model file for version {version}"))
         elif _is_onnx(config) and model_file.is_file():
             problems += [Problem(model_file, m) for m in onnx_problems(config, model_file)]
+        elif config.platform == "tensorrt_plan" and model_file.is_file():
+            problems += [Problem(model_file, m) for m in plan_problems(config, model_file)]
     return problems
 
 
