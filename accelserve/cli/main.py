@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "loadtest_cmd",
     "optimize_cmd",
     "evaluate_cmd",
+    "train_compress_cmd",
     "demo_cmd",
 ]
 
