@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "optimize_cmd",
     "evaluate_cmd",
     "build_engine_cmd",
+    "train_compress_cmd",
     "demo_cmd",
 ]
 

@@ -95,3 +95,12 @@ def top1_accuracy(model_path: str | Path, x: np.ndarray, y: np.ndarray, threads:
     name = session.inputs[0].name
     logits = np.concatenate([next(iter(session.run({name: x[i:i + 256]}).values())) for i in range(0, len(x), 256)])
     return float(np.mean(logits.argmax(axis=-1) == y))
+
+
+def digits_training_data(batch_size: int = 64, seed: int = 0) -> Any:
+    """The digits split as accelserve.training's data contract (train/eval DataLoaders) for ``--train``."""
+    from accelserve.training.data import TrainingData, numpy_loader
+
+    data = digits_data(seed)
+    return TrainingData(train=numpy_loader(data.x_train, data.y_train, batch_size, seed=seed),
+                        eval=numpy_loader(data.x_test, data.y_test, 256, shuffle=False), input_names=[INPUT_NAME])
