@@ -14,9 +14,7 @@ Two steps, so that everything but the build itself runs without TensorRT:
 from __future__ import annotations
 
 import math
-import os
 import shlex
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from accelserve.errors import InvalidInputError, InvalidModelError, OptimizationError
+from accelserve.evaluate.report import atomic_write_bytes
 from accelserve.tensorrt.api import load_tensorrt, version_tuple
 from accelserve.tensorrt.profiles import InputProfile, derive_profiles, parse_profile_override, trtexec_shapes
 
@@ -234,10 +233,10 @@ def build_engine(model_path: str | Path, output: str | Path, config: EngineBuild
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise OptimizationError("TensorRT failed to build the engine (see its log above)")
-    _atomic_write(plan.output, bytes(serialized))
+    atomic_write_bytes(plan.output, bytes(serialized))
     written = False
     if plan.config.timing_cache is not None and cache is not None:
-        _atomic_write(plan.config.timing_cache, bytes(builder_config.get_timing_cache().serialize()))
+        atomic_write_bytes(plan.config.timing_cache, bytes(builder_config.get_timing_cache().serialize()))
         written = True
     return BuildResult(plan, plan.output, plan.output.stat().st_size, time.perf_counter() - start,
                        trt.__version__, written)
@@ -290,14 +289,3 @@ def _load_timing_cache(builder_config, path: Path | None):  # noqa: ANN001, ANN2
     cache = builder_config.create_timing_cache(data)
     builder_config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

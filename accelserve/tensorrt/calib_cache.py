@@ -21,7 +21,6 @@ ranges accelserve measured.
 from __future__ import annotations
 
 import math
-import os
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -67,16 +66,9 @@ class CalibrationCache:
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (a temporary file in the same directory, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.text())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        from accelserve.evaluate.report import atomic_write_bytes
+
+        return atomic_write_bytes(path, self.text().encode())
 
 
 def float_to_hex(value: float) -> str:
