@@ -361,14 +361,15 @@ def add_model(
     removed = () if dry_run else tuple(remove_staging_leftovers(repo))
     exists = model_dir.is_dir()
     version = next_version(model_dir)
+    identical_to = None if force_new_version or not exists else _identical_version(model_dir, artifact, files)
     notes: list[str] = []
     if exists:
-        config = _merge_with_existing(model_dir, config, version, replace_config, notes)
+        served = version if identical_to is None else identical_to
+        config = _merge_with_existing(model_dir, config, served, replace_config, notes)
     config_text = config_to_text(config)
     config_path = model_dir / CONFIG_FILENAME
     config_unchanged = exists and config_path.is_file() and config_path.read_bytes() == config_text.encode()
     changes = () if config_unchanged or not exists else tuple(_config_changes(config_path, config))
-    identical_to = None if force_new_version or not exists else _identical_version(model_dir, artifact, files)
     result = dict(
         name=name, model_dir=model_dir, config_path=config_path, config=config,
         created_model=not exists, config_written=not config_unchanged, dry_run=dry_run,

@@ -103,7 +103,7 @@ def test_existing_version_policy_is_kept_and_a_specific_policy_is_flagged(model:
     add_model(model, repo, "ident")
     config_path = repo / "ident" / "config.pbtxt"
     config_path.write_text(config_path.read_text() + "version_policy { specific { versions: [1] } }\n")
-    result = add_model(model, repo, "ident")
+    result = add_model(model, repo, "ident", force_new_version=True)
     assert list(read_config(config_path).version_policy.specific.versions) == [1]
     assert any("will not load version 2" in n for n in result.notes)
 
