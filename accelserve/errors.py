@@ -61,3 +61,18 @@ class OptimizationError(AccelserveError):
 
 class InternalError(Exception):
     """A bug in accelserve. Not a user error: the CLI shows its traceback."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (what CI systems send on cancel). A KeyboardInterrupt, so every path that cleans up after
+    Ctrl-C (``finally``, ``except KeyboardInterrupt``, context managers) runs for it too; the CLI exits 143."""
+
+    signal_name = "SIGTERM"
+
+    def __init__(self) -> None:
+        super().__init__("terminated (SIGTERM)")
+
+
+def interruption_reason(exc: BaseException) -> str:
+    """'terminated (SIGTERM)' or 'interrupted (SIGINT)', for a KeyboardInterrupt that stopped a run."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (SIGINT)"

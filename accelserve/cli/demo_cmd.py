@@ -65,7 +65,10 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
     _step(3, f"add to the Triton model repository {args.repo} as '{name}'")
     added = add_model(onnx_path, args.repo, name, TritonModelOptions())
-    print(f"  wrote {added.version_dir} and {added.config_path}")
+    if added.identical_to is not None:
+        print(f"  version {added.identical_to} already holds this model (identical bytes): no version added")
+    else:
+        print(f"  wrote {added.version_dir} and {added.config_path}")
     print("  " + added.config_text.strip().replace("\n", "\n  "))
 
     _step(4, f"validate {args.repo}")

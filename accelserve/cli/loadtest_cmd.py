@@ -1,7 +1,10 @@
 """``accelserve loadtest (URL | REPO) MODEL``: Locust load test against Triton, with reports and SLO gates.
 
-Exit status: 0 every gate passed, 2 a gate failed, 1 a user error or a run that stopped early (its partial
-report is still written, marked incomplete). This process is never gevent-patched: the load runs in a child.
+Exit status: 0 every gate passed, 2 a gate failed, 1 a user error or a run that stopped early, 130/143 stopped by
+SIGINT/SIGTERM. Whenever reports were asked for (--json, --csv, --html) they are written in every case: a run that
+stopped early, was interrupted or was refused before the load started gets a report marked incomplete (complete:
+false) with the reason; the gates of an incomplete run are not evaluated. This process is never gevent-patched:
+the load runs in a child.
 """
 
 from __future__ import annotations
@@ -9,7 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from accelserve.errors import InvalidInputError, ServerError
+from typing import TYPE_CHECKING
+
+from accelserve.errors import AccelserveError, InvalidInputError, ServerError, interruption_reason
+
+if TYPE_CHECKING:
+    from accelserve.loadtest.results import RunResult, SweepSettings
 
 EXIT_GATE_FAILED = 2
 
@@ -111,6 +119,65 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelserve.loadtest.results import SweepSettings
+
+    context: dict[str, SweepSettings] = {}
+    try:
+        return _run(args, context)
+    except _StoppedEarly:
+        raise  # its reports are written
+    except (AccelserveError, KeyboardInterrupt) as exc:
+        from accelserve.loadtest import reports
+
+        stopped = getattr(exc, "partial_result", None)
+        if stopped is not None and stopped.steps:
+            print(reports.text_table(stopped))
+        if args.json or args.csv or args.html:
+            if stopped is None:  # refused, or stopped before the load started: a report that says so
+                stopped = _unmeasured(args, context.get("settings") or SweepSettings(), exc)
+            _write_reports(stopped, args)
+        if stopped is not None:
+            print(_gates_not_evaluated(stopped), flush=True)
+        raise
+
+
+def _unmeasured(args: argparse.Namespace, settings: SweepSettings, exc: BaseException) -> RunResult:
+    from datetime import datetime, timezone
+
+    from accelserve.loadtest.results import RunResult
+
+    if isinstance(exc, AccelserveError):
+        reason = f"not run: {exc.message}"
+    else:
+        reason = f"{interruption_reason(exc)} before the load started"
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return RunResult(target={"url": args.target, "protocol": args.protocol, "model": args.model}, settings=settings,
+                     complete=False, abort_reason=reason, started_at=now, finished_at=now)
+
+
+def _write_reports(result: RunResult, args: argparse.Namespace) -> None:
+    from accelserve.loadtest import reports
+
+    written = []
+    try:
+        if args.json:
+            written.append(reports.write_json(result, args.json))
+        if args.csv:
+            written += reports.write_csv(result, args.csv)
+        if args.html:
+            written.append(reports.write_html(result, args.html))
+    except OSError as exc:
+        sys.stderr.write(f"error: writing the reports failed: {exc}\n")
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _gates_not_evaluated(result: RunResult) -> str:
+    return (f"gates: not evaluated, the run is incomplete ({result.abort_reason}; "
+            f"{len(result.steps)} step(s) measured)")
+
+
+def _run(args: argparse.Namespace, context: dict[str, SweepSettings]) -> int:
     from accelserve.loadtest import gates as gate_mod
     from accelserve.loadtest import reports
     from accelserve.loadtest.plan import parse_ranges
@@ -157,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         stability_tolerance=tolerance, stability_windows=args.stable_windows, max_step_s=args.max_step_time,
         fixed_duration_s=args.duration, workers=args.workers, request_timeout_s=args.request_timeout,
     )
+    context["settings"] = settings
     request = RequestOptions(
         batch=args.batch, shapes=parse_shape_overrides(args.shape), ranges=parse_ranges(args.range),
         data_file=args.data, binary_data=not args.json_data, seed=args.seed, request_timeout_s=args.request_timeout,
@@ -168,27 +236,23 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout_s=args.timeout, server_timeout_s=args.server_timeout, work_dir=args.work_dir,
     )
 
-    # ---- gates and reports (written even for an incomplete run: they show what was measured)
+    # ---- gates (of a complete run only) and reports (written for an incomplete run too: what was measured)
     verdicts = gate_mod.evaluate(
         result, slos, max_error_rate=max_error_rate, baseline=baseline, max_regression=max_regression,
         regression_metrics=regression_metrics, require_stable=args.require_stable,
-    ) if result.steps else []
+    ) if result.complete else []
     result.gates = [g.to_dict() for g in verdicts]
     print(reports.text_table(result))
-    written = []
-    if args.json:
-        written.append(reports.write_json(result, args.json))
-    if args.csv:
-        written += reports.write_csv(result, args.csv)
-    if args.html:
-        written.append(reports.write_html(result, args.html))
-    for path in written:
-        print(f"wrote {path}")
-    print(gate_mod.summary(verdicts))
+    _write_reports(result, args)
+    print(gate_mod.summary(verdicts) if result.complete else _gates_not_evaluated(result))
     sys.stdout.flush()
     if not result.complete:
-        raise ServerError(
+        raise _StoppedEarly(
             f"the load test stopped early: {result.abort_reason}. "
             f"{len(result.steps)} step(s) measured; the reports above are marked incomplete"
         )
     return EXIT_GATE_FAILED if any(not g.passed for g in verdicts) else 0
+
+
+class _StoppedEarly(ServerError):
+    """The run stopped early; its reports are already written."""

@@ -27,7 +27,9 @@ def _register_add(cmds: argparse._SubParsersAction) -> None:
         help="add an ONNX model as the next version of a model (writes config.pbtxt and <version>/model.onnx)",
         description="Add an ONNX model to a Triton model repository as NAME/<next version>/model.onnx and "
         "(re)generate NAME/config.pbtxt. An existing model's config is regenerated only if the new model has the "
-        "same inputs/outputs; otherwise use a new --name or --replace-config. Nothing is changed on failure.",
+        "same inputs/outputs; otherwise use a new --name or --replace-config. Nothing is changed on failure. A model "
+        "identical to the latest version adds no version (--force-new-version adds one anyway); a changed config "
+        "is listed field by field. Staging directories left by killed adds are removed.",
     )
     a.add_argument("model", help="the .onnx file (external-data files beside it are copied too), or a TensorRT "
                    "engine (.plan) for a tensorrt_plan entry")
@@ -60,6 +62,8 @@ def _register_add(cmds: argparse._SubParsersAction) -> None:
                    "e.g. trt_timing_cache_enable=1, int8_calibration_table_name=model.calib; checked by name")
     a.add_argument("--replace-config", action="store_true",
                    help="write a fresh config.pbtxt even if it is incompatible with the existing one")
+    a.add_argument("--force-new-version", action="store_true",
+                   help="add a new version even when the model is identical to the latest version")
     a.add_argument("--dry-run", action="store_true", help="print the config and target paths; write nothing")
     a.set_defaults(func=run_add)
 
@@ -83,19 +87,30 @@ def run_add(args: argparse.Namespace) -> int:
         trt_engine_cache=args.trt_engine_cache,
         trt_parameters=tuple(parse_trt_options(args.trt_option).items()),
     )
-    result = add_model(args.model, args.repo, args.name, options,
-                       replace_config=args.replace_config, dry_run=args.dry_run, onnx_source=args.from_onnx)
-    if result.dry_run:
+    result = add_model(args.model, args.repo, args.name, options, replace_config=args.replace_config,
+                       dry_run=args.dry_run, force_new_version=args.force_new_version, onnx_source=args.from_onnx)
+    for left in result.removed_leftovers:
+        print(f"removed the staging directory of an interrupted add: {left.describe()}")
+    if result.identical_to is not None:
+        print(f"'{result.name}' version {result.identical_to} already holds this model (identical bytes): "
+              f"{'would add' if result.dry_run else 'added'} no version (--force-new-version adds one anyway)")
+    elif result.dry_run:
         print(f"dry run: would add '{result.name}' version {result.version}; nothing was written")
         for f in result.files:
             print(f"  {f}")
-        print(f"{result.config_path}:")
-        print(result.config_text, end="")
     else:
         what = "new model" if result.created_model else "new version"
         print(f"added '{result.name}' version {result.version} ({what}) -> {result.version_dir}")
-        config_state = "written" if result.config_written else "unchanged"
-        print(f"  config: {result.config_path} ({config_state})")
+    if result.config_changes:
+        verb = "would change" if result.dry_run else "changed"
+        print(f"  config: {result.config_path} ({verb}; every version of '{result.name}' is served with it):")
+        for change in result.config_changes:
+            print(f"    {change}")
+    elif not result.dry_run:
+        print(f"  config: {result.config_path} ({'written' if result.config_written else 'unchanged'})")
+    if result.dry_run:
+        print(f"{result.config_path}:")
+        print(result.config_text, end="")
     for note in result.notes:
         print(f"  note: {note}")
     return 0

@@ -1,13 +1,23 @@
-"""``accelserve serve REPO``: run a model repository on the real tritonserver until Ctrl-C / SIGTERM."""
+"""``accelserve serve REPO``: run a model repository on the real tritonserver until Ctrl-C / SIGTERM.
+
+"Ready" (the banner, ``--ready-file``) is only announced once *this* tritonserver is ready (see TritonServer:
+its own id and log lines), never because another server answers on the port. SIGINT and SIGTERM (installed by
+``accelserve.cli.main`` for every command, also when a script started ``serve &`` with SIGINT ignored) stop the
+server and its stubs, remove its temporary files, and exit 0: a requested stop is how serving ends.
+"""
 
 from __future__ import annotations
 
 import argparse
-import signal
+import json
+import os
 import sys
+import tempfile
 import time
-from types import FrameType
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from accelserve.errors import interruption_reason
 
 if TYPE_CHECKING:
     from accelserve.triton.server import TritonServer
@@ -31,41 +41,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the models to load (default 120)")
     p.add_argument("--log-verbose", type=int, default=0, metavar="N", help="Triton's verbose log level (default 0)")
     p.add_argument("--log-file", metavar="PATH", help="keep the server log here (default: a temporary file)")
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="once this server and its models are ready, write its endpoints here as JSON (http, grpc, "
+                   "metrics URLs, pids, models), atomically; removed again on stop. For scripts: wait for the file")
     p.set_defaults(func=run)
-
-
-class _Terminated(Exception):
-    """SIGTERM arrived."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated()
 
 
 def run(args: argparse.Namespace) -> int:
     from accelserve.triton.server import TritonServer
 
+    ready_file = Path(args.ready_file).expanduser().resolve() if args.ready_file else None
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)  # a file left by an earlier run must not announce this one
     server = TritonServer(
         args.repository,
         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         host=args.host, tritonserver=args.tritonserver, timeout=args.timeout,
         log_verbose=args.log_verbose, log_file=args.log_file,
     )
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         print(f"starting tritonserver on {server.repository} ...", flush=True)
         with server:
+            for left in server.removed_leftovers:
+                print(f"removed the temporary directory of a killed server: {left.describe()}")
             _print_banner(server)
+            if ready_file is not None:
+                _write_ready_file(ready_file, server)
             while True:
                 server.check_alive()  # raises, quoting the log, if tritonserver died
                 time.sleep(0.5)
-    except (KeyboardInterrupt, _Terminated):
-        print("stopping tritonserver ...", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (accelserve.errors.Terminated): the normal way to stop
+        print(f"{interruption_reason(exc)}: stopping tritonserver ...", file=sys.stderr, flush=True)
         server.stop()
         print("stopped", file=sys.stderr, flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+
+
+def _write_ready_file(path: Path, server: TritonServer) -> None:
+    """The endpoints as JSON, written atomically (a reader sees the whole file or none)."""
+    data = {
+        "http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url,
+        "pid": os.getpid(), "tritonserver_pid": server.pid, "server_id": server.server_id,
+        "log": str(server.log_path), "models": [
+            {"name": m.name, "version": m.version, "state": m.state} for m in server.models()
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"ready file: {path}", flush=True)
 
 
 def _print_banner(server: TritonServer) -> None:

@@ -11,6 +11,11 @@ the window have arrived). A step ends when the last windows are stable (see :mod
 ``max_step_s``, or after ``fixed_duration_s``.
 
 Exit status: 0 complete, 4 aborted (result marked incomplete), anything else a crash.
+
+SIGINT and SIGTERM stop the sweep the same way (the CLI forwards its own signal as SIGINT; a terminal's Ctrl-C
+reaches both processes): the first one raises KeyboardInterrupt in the main greenlet, later ones are ignored so
+the result file is always written. Both are installed explicitly: a load test started in the background of a
+script inherits SIGINT ignored. gevent's hub does not print the KeyboardInterrupt as an error.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import locust  # first, see above
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -279,7 +285,23 @@ class ServerReader:
             self.client = None
 
 
+def install_stop_signals() -> None:
+    """SIGINT/SIGTERM: KeyboardInterrupt once, then ignored; gevent's hub passes it on without a traceback."""
+    stopping = {"yes": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stopping["yes"]:
+            stopping["yes"] = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    hub = gevent.get_hub()
+    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)  # still raised in the main greenlet, just not printed
+
+
 def run(job: dict[str, Any]) -> int:
+    install_stop_signals()
     plan = RequestPlan.from_dict(job["plan"])
     settings = SweepSettings.from_dict(job["settings"])
     result_path = Path(job["result_path"])

@@ -166,7 +166,8 @@ def render_html(result: RunResult) -> str:
     t = result.target
     status = "complete" if result.complete else f"INCOMPLETE: {html.escape(result.abort_reason or 'stopped early')}"
     failed = [g for g in result.gates if not g.get("passed")]
-    verdict = (f"{len(failed)} of {len(result.gates)} gates FAILED" if failed
+    verdict = ("not evaluated (the run is incomplete)" if not result.complete
+               else f"{len(failed)} of {len(result.gates)} gates FAILED" if failed
                else f"all {len(result.gates)} gates passed" if result.gates else "no gates")
     gate_rows = [{"gate": g["name"], "result": "PASS" if g["passed"] else "FAIL", "detail": g["detail"]} for g in result.gates]
     step_rows = [step_row(s) for s in result.steps]
@@ -193,7 +194,7 @@ th {{ background: #f4f4f4; }} td:first-child, th:first-child {{ text-align: left
 {html.escape(settings.mode)} sweep {', '.join(f'{lv:g}' for lv in settings.levels)}, warm-up {settings.warmup_s:g} s, {html.escape(how)},
 {settings.workers or 'no'} Locust worker processes. Started {html.escape(result.started_at)}, finished {html.escape(result.finished_at)}.</p>
 <p>Run: <span class="{'ok' if result.complete else 'fail'}">{status}</span>.
-Gates: <span class="{'fail' if failed else 'ok'}">{verdict}</span>.</p>
+Gates: <span class="{'fail' if failed or not result.complete else 'ok'}">{verdict}</span>.</p>
 <h2>Latency vs throughput</h2>
 {latency_throughput_svg(result.steps) if result.steps else '<p>no step was measured</p>'}
 <h2>Gates</h2>

@@ -3,6 +3,10 @@
 :func:`run_loadtest` checks everything it can before the load starts (server, model, request shapes), starts a
 local Triton when given a model repository, runs the sweep in a separate load process
 (``python -m accelserve.loadtest.driver``) and reads its result file back. Locust is never imported here.
+
+Stopped by Ctrl-C or SIGTERM (a KeyboardInterrupt; SIGTERM is :class:`accelserve.errors.Terminated` under the
+CLI), the load process is stopped too and what it measured is read back: the exception that propagates carries
+it as ``partial_result`` (a RunResult marked incomplete, with the reason), for the caller to report.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelserve.errors import InternalError, InvalidInputError, MissingDependencyError
+from accelserve.errors import InternalError, InvalidInputError, MissingDependencyError, interruption_reason
 from accelserve.loadtest.plan import RequestPlan, build_plan
 from accelserve.loadtest.results import RunResult, SweepSettings
 
@@ -110,9 +114,13 @@ def run_load_process(plan: RequestPlan, settings: SweepSettings, work_dir: Path)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30.0)
+    except KeyboardInterrupt as exc:
+        _stop(proc)
+        partial = _read_partial(result_path)
+        if partial is not None:
+            partial.complete = False
+            partial.abort_reason = interruption_reason(exc)
+        exc.partial_result = partial  # type: ignore[attr-defined]
         raise
     if not result_path.exists():
         raise InternalError(f"the load process exited with status {code} without writing {result_path}")
@@ -120,6 +128,27 @@ def run_load_process(plan: RequestPlan, settings: SweepSettings, work_dir: Path)
     if code not in (0, DRIVER_ABORTED) and result.complete is False and not result.abort_reason:
         result.abort_reason = f"the load process failed (exit status {code}); see its output above"
     return result, code
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT (the driver writes its result and exits), then SIGKILL if it does not within 30 s."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30.0)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _read_partial(result_path: Path) -> RunResult | None:
+    try:
+        return RunResult.load(result_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_loadtest(
@@ -142,7 +171,13 @@ def run_loadtest(
         with tempfile.TemporaryDirectory(prefix="accelserve-loadtest-") as tmp:
             directory = Path(work_dir) if work_dir is not None else Path(tmp)
             directory.mkdir(parents=True, exist_ok=True)
-            result, _ = run_load_process(plan, settings, directory)
+            try:
+                result, _ = run_load_process(plan, settings, directory)
+            except KeyboardInterrupt as exc:
+                partial = getattr(exc, "partial_result", None)
+                if partial is not None and server is not None:
+                    partial.target["served_from"] = str(Path(target).resolve())
+                raise
         if server is not None:
             result.target["served_from"] = str(Path(target).resolve())
             if not server.is_alive() and result.complete is False and result.abort_reason:

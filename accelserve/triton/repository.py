@@ -18,23 +18,30 @@ repository as a model, hidden ones included, so staging happens next to the repo
 writable and on the same filesystem; otherwise inside the model directory (Triton ignores non-numeric version
 directories) or, for a new model, inside the repository under a hidden name (which only a killed process could
 leave behind; ``repo validate`` reports it). A failure at any point removes the staging directory and leaves the
-repository as it was.
+repository as it was. Staging directories carry their owner's PID (see ``accelserve.leftovers``): an add removes
+those of processes that died (``kill -9`` mid-write) and says so; ``repo validate`` reports them.
+
+Re-runs: a model whose bytes equal the latest version's adds no version (``force_new_version`` overrides); when
+the serving options change the config that every version shares, the result lists what changed, field by field.
 """
 
 from __future__ import annotations
 
 import errno
+import filecmp
+import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from google.protobuf import json_format
 
 from accelserve.artifact import ModelArtifact
 from accelserve.errors import AccelserveError, InvalidModelError, RepositoryError
+from accelserve.leftovers import Leftover, find_leftovers, make_owned_dir, remove_stale
 from accelserve.onnx_io import external_data_files, read_onnx
 from accelserve.triton.config import (
     CONFIG_FILENAME,
@@ -71,6 +78,12 @@ class AddResult:
     files: tuple[Path, ...] = ()  #: files of the new version (model + external data)
     notes: tuple[str, ...] = ()
     dry_run: bool = False
+    #: the model equals this existing version byte for byte, so no version was added (``version`` is that one)
+    identical_to: int | None = None
+    #: what the new config changes in the existing one ("field: old -> new"), when it was rewritten
+    config_changes: tuple[str, ...] = ()
+    #: staging directories of interrupted adds (dead processes) that this add removed
+    removed_leftovers: tuple[Leftover, ...] = ()
 
     @property
     def config_text(self) -> str:
@@ -233,19 +246,45 @@ def _make_staging_dir(repo: Path, model_dir: Path) -> Path:
     repo_abs = repo.absolute()
     target = model_dir.absolute() if model_dir.is_dir() else repo_abs
     outside = _nearest_existing(repo_abs.parent)
-    prefix = f".{repo_abs.name or 'repo'}{STAGING_MARKER}"
+    prefix = _outside_prefix(repo_abs)
     same_fs = not target.exists() or os.stat(outside).st_dev == os.stat(target).st_dev
     if same_fs:
         try:
-            return Path(tempfile.mkdtemp(prefix=prefix, dir=outside))
+            return make_owned_dir(prefix, outside)
         except OSError:
             pass  # not writable: stage inside the target instead
     if not target.is_dir():
         raise RepositoryError(f"cannot create {repo}: {outside} is not writable")
     try:  # inside a model directory Triton ignores non-numeric names; inside a repository it would not
-        return Path(tempfile.mkdtemp(prefix=STAGING_MARKER, dir=target))
+        return make_owned_dir(STAGING_MARKER, target)
     except OSError as exc:
         raise _os_error(f"creating a staging directory in {target}", exc) from None
+
+
+def _outside_prefix(repo_abs: Path) -> str:
+    return f".{repo_abs.name or 'repo'}{STAGING_MARKER}"
+
+
+def _staging_places(repo: Path) -> list[tuple[Path, str]]:
+    """(directory, name prefix) of every place an add of ``repo`` stages in: beside the repository, inside it, and
+    inside each of its model directories."""
+    repo_abs = repo.absolute()
+    places = [(_nearest_existing(repo_abs.parent), _outside_prefix(repo_abs))]
+    if repo_abs.is_dir():
+        places.append((repo_abs, STAGING_MARKER))
+        places += [(d, STAGING_MARKER) for d in sorted(repo_abs.iterdir())
+                   if d.is_dir() and STAGING_MARKER not in d.name]
+    return places
+
+
+def staging_leftovers(repo: str | Path) -> list[Leftover]:
+    """Staging directories of interrupted adds to ``repo`` (owner gone or unknown; never those of a running add)."""
+    return [left for directory, prefix in _staging_places(Path(repo)) for left in find_leftovers(directory, prefix)]
+
+
+def remove_staging_leftovers(repo: str | Path) -> list[Leftover]:
+    """Remove the staging directories of adds to ``repo`` whose process died; returns what was removed."""
+    return [left for directory, prefix in _staging_places(Path(repo)) for left in remove_stale(directory, prefix)]
 
 
 def _os_error(action: str, exc: OSError) -> RepositoryError:
@@ -323,6 +362,7 @@ def add_model(
     replace_config: bool = False,
     dry_run: bool = False,
     onnx_source: str | Path | None = None,
+    force_new_version: bool = False,
 ) -> AddResult:
     """Add an ONNX model (or a TensorRT engine, ``.plan``) as the next version of ``name`` in the repository ``repo``.
 
@@ -332,6 +372,8 @@ def add_model(
     Creates ``repo`` and ``repo/name`` as needed. Raises a user error (and writes nothing) for a bad name, an
     unreadable or invalid model, options that do not fit the model, or a config incompatible with the existing
     model (unless ``replace_config``). With ``dry_run`` nothing is written and the result says what would be.
+    A model identical (byte for byte, external data included) to the latest version adds no version unless
+    ``force_new_version``; its config is still updated when the options changed (``result.identical_to``).
     """
     check_model_name(name)
     repo = Path(repo)
@@ -343,17 +385,30 @@ def add_model(
     notes: list[str] = []
     artifact, files, config, filename = _describe_model(model, name, options, onnx_source, notes)
 
+    removed = () if dry_run else tuple(remove_staging_leftovers(repo))
     exists = model_dir.is_dir()
     version = next_version(model_dir)
+    identical_to = (None if force_new_version or not exists
+                    else _identical_version(model_dir, artifact, files, filename))
     if exists:
-        config = _merge_with_existing(model_dir, config, version, replace_config, notes)
+        served = version if identical_to is None else identical_to
+        config = _merge_with_existing(model_dir, config, served, replace_config, notes)
     config_text = config_to_text(config)
     config_path = model_dir / CONFIG_FILENAME
     config_unchanged = exists and config_path.is_file() and config_path.read_bytes() == config_text.encode()
+    changes = () if config_unchanged or not exists else tuple(_config_changes(config_path, config))
     result = dict(
         name=name, model_dir=model_dir, config_path=config_path, config=config,
         created_model=not exists, config_written=not config_unchanged, dry_run=dry_run,
+        identical_to=identical_to, config_changes=changes, removed_leftovers=removed,
     )
+    if identical_to is not None:
+        version = identical_to
+        version_dir = model_dir / str(version)
+        if not dry_run and not config_unchanged:
+            _replace_config(repo, model_dir, config_text)
+        return AddResult(version=version, version_dir=version_dir, notes=tuple(notes),
+                         files=_version_files(version_dir, artifact, files, filename), **result)
     if dry_run:
         return AddResult(version=version, version_dir=model_dir / str(version),
                          files=_version_files(model_dir / str(version), artifact, files, filename), notes=tuple(notes),
@@ -376,6 +431,64 @@ def add_model(
     version_dir = model_dir / str(version)
     return AddResult(version=version, version_dir=version_dir,
                      files=_version_files(version_dir, artifact, files, filename), notes=tuple(notes), **result)
+
+
+def _identical_version(model_dir: Path, artifact: ModelArtifact, files: list[Path], filename: str) -> int | None:
+    """The latest version when it holds exactly these bytes (model file and every external-data file), else None."""
+    versions = version_dirs(model_dir)
+    if not versions:
+        return None
+    latest, latest_dir = max(versions.items())
+    for source, stored in zip(files, _version_files(latest_dir, artifact, files, filename), strict=True):
+        if not stored.is_file() or not filecmp.cmp(source, stored, shallow=False):
+            return None
+    return latest
+
+
+def _dict_changes(old: object, new: object, path: str) -> list[str]:
+    """'path: old -> new' lines for what differs between two JSON-like values; a sub-message or list present on
+    one side only is one line, a changed one is followed into its fields."""
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(old.keys() | new.keys())
+                for line in _dict_changes(old.get(key), new.get(key), f"{path}.{key}" if path else key)]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and any(
+            isinstance(v, dict) for v in old + new):
+        return [line for i, (o, n) in enumerate(zip(old, new)) for line in _dict_changes(o, n, f"{path}[{i}]")]
+
+    def show(value: object) -> str:
+        return "(unset)" if value is None else json.dumps(value, separators=(", ", ": "))
+
+    return [f"{path}: {show(old)} -> {show(new)}"]
+
+
+def _config_changes(config_path: Path, new: ModelConfig) -> list[str]:
+    """'field: old -> new' for every field the new config changes in the one at ``config_path``."""
+    try:
+        old = read_config(config_path)
+    except (RepositoryError, ConfigParseError):
+        return []
+
+    def as_dict(config: ModelConfig) -> dict[str, object]:
+        return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+    return _dict_changes(as_dict(old), as_dict(new), "")
+
+
+def _replace_config(repo: Path, model_dir: Path, config_text: str) -> None:
+    """Write only config.pbtxt (no new version): staged, then ``os.replace``."""
+    staging = _make_staging_dir(repo, model_dir)
+    try:
+        staged = staging / CONFIG_FILENAME
+        try:
+            _write_text(staged, config_text)
+            os.replace(staged, model_dir / CONFIG_FILENAME)
+        except OSError as exc:
+            raise _os_error(f"replacing {model_dir / CONFIG_FILENAME}", exc) from None
+        _fsync_dir(model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _version_files(version_dir: Path, artifact: ModelArtifact, files: list[Path], filename: str) -> tuple[Path, ...]:

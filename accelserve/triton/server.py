@@ -8,6 +8,11 @@ The server runs in its own process group with its output in a log file (``server
 backend is not available locally run through accelserve's ONNX Runtime stand-in (see ``shadow.py``). Start-up
 waits until the server and every model are ready; if that fails, the ServerError quotes the relevant log lines.
 Stopping sends SIGTERM, waits, then kills the whole process group, and removes the temporary directory.
+
+Ready means *this* process is ready, never another server on the same port: the server gets a unique ``--id``
+that the HTTP endpoint must report, and its own log (from this start on) must show every endpoint started on
+the requested port. The python backend's shared-memory segments (/dev/shm) are made private (0600) before ready.
+The temporary directory names its owner (``accelserve.leftovers``): a start removes those of killed runs.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accelserve.errors import ServerError
+from accelserve.leftovers import Leftover, make_owned_dir, remove_stale
 from accelserve.triton.backend_env import (
     TritonInstall,
     locate_install,
@@ -59,6 +65,10 @@ _NOISE = re.compile(
 )
 _PORT_IN_USE = re.compile(r"already in use|address in use|failed to start (HTTP|GRPC|Metrics) service", re.IGNORECASE)
 _START_ATTEMPTS = 3
+WORKDIR_PREFIX = "accelserve-triton-"
+#: the log line each endpoint writes once it listens, per endpoint name
+_STARTED = {"grpc": "Started GRPCInferenceService at", "http": "Started HTTPService at",
+            "metrics": "Started Metrics Service at"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -183,6 +193,11 @@ class TritonServer:
         self.stand_ins: dict[str, list[str]] = {}
         self.log_path: Path | None = None
         self._kept_log: Path | None = None
+        self._log_offset = 0
+        #: the ``--id`` this server reports in its metadata (unique per start; None when extra_args set one)
+        self.server_id: str | None = None
+        #: temporary directories of killed runs that start() removed
+        self.removed_leftovers: list[Leftover] = []
 
     # ----------------------------------------------------------------------------------------------------- urls
     @property
@@ -236,6 +251,7 @@ class TritonServer:
                 hint="pass the repository root (the directory holding <model>/config.pbtxt)",
             )
         self.install = locate_install(self._tritonserver)
+        self.removed_leftovers = remove_stale(tempfile.gettempdir(), WORKDIR_PREFIX)
         auto_ports = [name for name, port in self._requested_ports.items() if port == 0]
         for attempt in range(1, _START_ATTEMPTS + 1):
             try:
@@ -258,7 +274,7 @@ class TritonServer:
 
     def _launch(self) -> None:
         assert self.install is not None
-        workdir = Path(tempfile.mkdtemp(prefix="accelserve-triton-"))
+        workdir = make_owned_dir(WORKDIR_PREFIX)
         self._proc.workdir = workdir
         self._proc.shm_prefix = f"accelserve{os.getpid()}_{secrets.token_hex(4)}"
         backends = prepare_backend_directory(self.install, workdir)
@@ -273,6 +289,9 @@ class TritonServer:
             raise ServerError(f"the HTTP, gRPC and metrics ports must differ, got {self.ports}")
         self.log_path = self._log_file or workdir / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0  # --log-file appends
+        own_id = not any(a == "--id" or a.startswith("--id=") for a in self.extra_args)
+        self.server_id = f"accelserve-{os.getpid()}-{secrets.token_hex(6)}" if own_id else None
         args = [
             str(self.install.binary),
             f"--model-repository={self.served_repository}",
@@ -287,6 +306,8 @@ class TritonServer:
             # a private shared-memory prefix: python-backend regions of servers running side by side must not clash
             f"--backend-config=python,shm-region-prefix-name={self._proc.shm_prefix}",
         ]
+        if self.server_id:
+            args.append(f"--id={self.server_id}")
         if self.install.caches_dir is not None:
             args.append(f"--cache-directory={self.install.caches_dir}")
         args += self.extra_args
@@ -311,10 +332,49 @@ class TritonServer:
         return self.log_path.read_text(errors="replace")
 
     def check_alive(self, *, during: str = "") -> None:
-        """Raise a ServerError quoting the log when the server process has exited."""
+        """Raise a ServerError quoting the log when the server process has exited; keep new shared memory private."""
         if not self.is_alive():
             code = self._proc.popen.returncode if self._proc.popen is not None else None
             raise self._failure(f"tritonserver exited{' ' + during if during else ''} (exit code {code})")
+        self.protect_shared_memory()
+
+    def protect_shared_memory(self) -> list[Path]:
+        """Make this server's python-backend shared-memory segments readable by this user only (0600; the backend
+        creates them 0644: request and response tensors pass through them). Returns the segments changed."""
+        changed = []
+        if self._proc.shm_prefix:
+            for segment in Path("/dev/shm").glob(f"{self._proc.shm_prefix}*"):
+                try:
+                    if segment.stat().st_mode & 0o077:
+                        segment.chmod(0o600)
+                        changed.append(segment)
+                except OSError:
+                    pass  # removed meanwhile
+        return changed
+
+    def _own_log(self) -> str:
+        """The log written since this start (a --log-file is appended to)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self._log_offset)
+            return fh.read().decode(errors="replace")
+
+    def endpoints_not_started(self) -> list[str]:
+        """The endpoints (http, grpc, metrics) whose 'Started ... at HOST:PORT' line this server has not logged."""
+        log = self._own_log()
+        return [name for name, text in _STARTED.items()
+                if not re.search(re.escape(text) + r" \S*:" + str(self.ports.get(name, -1)) + r"\b", log)]
+
+    def answering_server_id(self) -> str | None:
+        """The ``name`` (Triton's --id) of whatever server answers on our HTTP port, or None when none answers."""
+        import json
+
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2", timeout=2) as response:
+                return str(json.loads(response.read()).get("name"))
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            return None
 
     def _failure(self, what: str) -> ServerError:
         text = self.log_text()
@@ -338,10 +398,19 @@ class TritonServer:
         waiting_for = "the server to answer"
         while True:
             self.check_alive(during="before it was ready")
-            if _http_ok(ready_url):
+            not_started = self.endpoints_not_started()
+            if not_started:
+                waiting_for = f"this server's {', '.join(not_started)} endpoint(s) to start"
+                other = self.answering_server_id()
+                if other is not None and other != self.server_id and self.server_id:
+                    waiting_for += f" (another server, '{other}', answers on {self.http_url})"
+            elif self.server_id and self.answering_server_id() != self.server_id:
+                waiting_for = f"this server (id {self.server_id}) to answer on {self.http_url}"
+            elif _http_ok(ready_url):
                 states = {m["name"]: m for m in self._index() if m.get("version")}
                 not_ready = [n for n in expected if states.get(n, {}).get("state") != "READY"]
                 if not not_ready:
+                    self.protect_shared_memory()
                     return
                 waiting_for = "model(s) " + ", ".join(
                     f"{n} ({states.get(n, {}).get('state') or 'not listed'})" for n in not_ready

@@ -33,7 +33,7 @@ from accelserve.tensorrt.accelerator import accelerator_problems
 from accelserve.tensorrt.plan_entry import plan_problems
 from accelserve.triton.dtypes import onnx_to_triton, onnx_type_name, triton_type_name
 from accelserve.triton.naming import triton_name_problems
-from accelserve.triton.repository import STAGING_MARKER, version_dirs
+from accelserve.triton.repository import STAGING_MARKER, staging_leftovers, version_dirs
 
 #: platform -> (backend, default model filename), as Triton's core maps them
 PLATFORMS: dict[str, tuple[str, str | None]] = {
@@ -84,6 +84,11 @@ def validate_repository(repo: str | Path) -> list[Problem]:
     problems: list[Problem] = []
     for model_dir in model_dirs:
         problems += validate_model_dir(model_dir, repository_models=names)
+    reported = {p.path for p in problems}
+    problems += [Problem(left.path, f"leftover staging directory of an interrupted `accelserve repo add` "
+                                    f"({left.owner()}); "
+                                    + ("the next add removes it, or delete it" if left.pid else "delete it"))
+                 for left in staging_leftovers(root) if left.path not in reported]
     return problems
 
 

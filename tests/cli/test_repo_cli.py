@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +36,10 @@ def test_add_twice_then_list_and_validate(tmp_path: Path, model: Path, capsys: p
     config = read_config(repo / "ident")
     assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [2, 4]
     assert config.model_warmup[0].inputs["x"].random_data
-    assert main([*args, "--instances", "2", "--no-dynamic-batching"]) == 0
-    assert "version 2 (new version)" in capsys.readouterr().out
+    assert main([*args, "--instances", "2", "--no-dynamic-batching", "--force-new-version"]) == 0
+    out = capsys.readouterr().out
+    assert "version 2 (new version)" in out
+    assert "instance_group[0].count: 1 -> 2" in out  # the config every version shares changed: say how
     assert not read_config(repo / "ident").HasField("dynamic_batching")
 
     assert main(["repo", "list", str(repo)]) == 0
@@ -121,3 +126,50 @@ def test_console_entry_point_runs_validate(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "config.pbtxt:2:1:" in proc.stderr and "platfrom" in proc.stderr
+
+
+def test_add_killed_mid_write_leaves_a_leftover_that_validate_reports_and_the_next_add_removes(
+    tmp_path: Path, model: Path
+) -> None:
+    """A real `kill -9` while `repo add` copies a 48 MB model: no cleanup code runs in the killed process."""
+    repo = tmp_path / "repo"
+    assert main(["repo", "add", str(model), "--repo", str(repo), "--name", "ident"]) == 0
+    big = ob.save(ob.with_weights(12_000_000), tmp_path / "big" / "big.onnx", external_data=True)
+    leftovers: list[Path] = []
+    for _ in range(3):  # the copy takes long enough to be caught; retry in case a fast disk finished it first
+        proc = subprocess.Popen([sys.executable, "-m", "accelserve", "repo", "add", str(big), "--repo", str(repo),
+                                 "--name", "big", "--force-new-version"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not leftovers:
+            leftovers = list(tmp_path.glob(".repo.accelserve-staging-*"))
+            time.sleep(0.001)
+        if leftovers and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        if proc.returncode == -signal.SIGKILL:
+            break
+        leftovers = []
+    assert proc.returncode == -signal.SIGKILL and leftovers and leftovers[0].is_dir()
+    assert f"accelserve-staging-{proc.pid}-" in leftovers[0].name  # the owner's PID is in the name
+
+    validate = subprocess.run([sys.executable, "-m", "accelserve", "repo", "validate", str(repo)],
+                              capture_output=True, text=True, timeout=120)
+    assert validate.returncode == 1
+    assert f"{leftovers[0]}: leftover staging directory" in validate.stderr
+    assert f"process {proc.pid}, no longer running" in validate.stderr
+
+    again = subprocess.run([sys.executable, "-m", "accelserve", "repo", "add", str(model), "--repo", str(repo),
+                            "--name", "other"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"removed the staging directory of an interrupted add: {leftovers[0]}" in again.stdout
+    assert not list(tmp_path.glob(".repo.accelserve-staging-*"))
+
+
+def test_a_running_add_s_staging_directory_is_never_removed(tmp_path: Path, model: Path) -> None:
+    from accelserve.leftovers import make_owned_dir
+    from accelserve.triton.repository import remove_staging_leftovers, staging_leftovers
+
+    repo = tmp_path / "repo"
+    assert main(["repo", "add", str(model), "--repo", str(repo), "--name", "ident"]) == 0
+    mine = make_owned_dir(".repo.accelserve-staging-", tmp_path)  # this (running) process owns it
+    assert staging_leftovers(repo) == [] and remove_staging_leftovers(repo) == [] and mine.is_dir()

@@ -66,8 +66,10 @@ def test_a_server_dying_mid_run_stops_the_run_with_an_incomplete_report(repo: Pa
     captured = capsys.readouterr()
     assert codes == [1]
     assert "stopped early" in captured.err and "stopped answering" in captured.err
+    assert "gates: not evaluated, the run is incomplete" in captured.out and "passed" not in captured.out
     data = load_json(out)
-    assert data["complete"] is False and "stopped answering" in data["abort_reason"]
+    assert data["complete"] is False and "stopped answering" in data["abort_reason"] and data["gates"] == []
     assert 1 <= len(data["steps"]) < 4
     assert_sane_step(data["steps"][0])
-    assert "INCOMPLETE" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "INCOMPLETE" in page and "not evaluated (the run is incomplete)" in page

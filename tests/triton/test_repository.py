@@ -58,11 +58,11 @@ def test_first_add_creates_config_and_version_1(model: Path, repo: Path) -> None
 def test_next_adds_create_new_versions_and_never_overwrite(model: Path, repo: Path) -> None:
     add_model(model, repo, "ident")
     first = snapshot(repo / "ident" / "1")
-    second = add_model(model, repo, "ident", TritonModelOptions(instances=2))
+    second = add_model(model, repo, "ident", TritonModelOptions(instances=2), force_new_version=True)
     assert second.version == 2 and not second.created_model
     assert snapshot(repo / "ident" / "1") == first
     assert read_config(repo / "ident").instance_group[0].count == 2  # serving options follow the latest add
-    assert add_model(model, repo, "ident").version == 3
+    assert add_model(model, repo, "ident", force_new_version=True).version == 3
     assert list(version_dirs(repo / "ident")) == [1, 2, 3]
     assert no_staging_left(repo.parent)
 
@@ -103,7 +103,7 @@ def test_existing_version_policy_is_kept_and_a_specific_policy_is_flagged(model:
     add_model(model, repo, "ident")
     config_path = repo / "ident" / "config.pbtxt"
     config_path.write_text(config_path.read_text() + "version_policy { specific { versions: [1] } }\n")
-    result = add_model(model, repo, "ident")
+    result = add_model(model, repo, "ident", force_new_version=True)
     assert list(read_config(config_path).version_policy.specific.versions) == [1]
     assert any("will not load version 2" in n for n in result.notes)
 
@@ -136,7 +136,7 @@ def test_disk_full_during_copy_leaves_the_repository_unchanged(
     before = snapshot(repo)
     monkeypatch.setattr(shutil, "copy2", _fail_copy)
     with pytest.raises(RepositoryError, match="No space left on device") as err:
-        add_model(model, repo, "ident")
+        add_model(model, repo, "ident", force_new_version=True)
     assert "disk space" in (err.value.hint or "")
     assert snapshot(repo) == before
     assert no_staging_left(repo.parent)
@@ -153,7 +153,7 @@ def test_failed_config_replace_rolls_back_the_new_version(
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(RepositoryError, match="I/O error"):
-        add_model(model, repo, "ident", TritonModelOptions(instances=4))  # a changed config must be replaced
+        add_model(model, repo, "ident", TritonModelOptions(instances=4), force_new_version=True)  # config changes
     assert snapshot(repo) == before
     assert no_staging_left(repo.parent)
 
@@ -162,11 +162,11 @@ def test_a_concurrent_add_that_took_the_version_number_is_skipped(
     monkeypatch: pytest.MonkeyPatch, model: Path, repo: Path
 ) -> None:
     add_model(model, repo, "ident")
-    add_model(model, repo, "ident")
+    add_model(model, repo, "ident", force_new_version=True)
     calls = iter([2])  # simulate a stale read: another add created version 2 after we looked
 
     monkeypatch.setattr(repository, "next_version", lambda d: next(calls, 3))
-    result = add_model(model, repo, "ident")
+    result = add_model(model, repo, "ident", force_new_version=True)
     assert result.version == 3
     assert list(version_dirs(repo / "ident")) == [1, 2, 3]
 
@@ -188,7 +188,7 @@ def test_staging_falls_back_inside_when_the_parent_is_not_writable(
         return real_mkdtemp(prefix=prefix, dir=dir)
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
-    result = add_model(model, repo, "ident")
+    result = add_model(model, repo, "ident", force_new_version=True)
     assert used == [(repo / "ident").absolute() if existing else repo.absolute()]
     assert result.version == (2 if existing else 1)
     assert (result.version_dir / "model.onnx").read_bytes() == model.read_bytes()
@@ -246,8 +246,35 @@ def test_dry_run_writes_nothing(model: Path, repo: Path) -> None:
 
 def test_list_models_reports_versions_and_config_errors(model: Path, repo: Path) -> None:
     add_model(model, repo, "a")
-    add_model(model, repo, "a")
+    add_model(model, repo, "a", force_new_version=True)
     (repo / "b" / "1").mkdir(parents=True)
     entries = {e.name: e for e in list_models(repo)}
     assert entries["a"].versions == [1, 2] and entries["a"].max_batch_size == 32 and entries["a"].error is None
     assert entries["b"].error is not None and "does not exist" in entries["b"].error
+
+
+def test_an_identical_model_adds_no_version_unless_forced(tmp_path: Path, model: Path, repo: Path) -> None:
+    add_model(model, repo, "ident")
+    before = snapshot(repo)
+    again = add_model(model, repo, "ident")
+    assert again.identical_to == 1 and again.version == 1 and not again.config_changes
+    assert snapshot(repo) == before
+    proto = ob.identity(("batch", 4))
+    proto.doc_string = "retrained"
+    other = ob.save(proto, tmp_path / "other.onnx")  # same inputs/outputs, other bytes
+    assert other.read_bytes() != model.read_bytes()
+    assert add_model(other, repo, "ident").version == 2
+    assert add_model(other, repo, "ident", force_new_version=True).version == 3
+    assert list(version_dirs(repo / "ident")) == [1, 2, 3]
+
+
+def test_changed_serving_options_list_the_config_changes(model: Path, repo: Path) -> None:
+    add_model(model, repo, "ident", TritonModelOptions(max_batch_size=8, max_queue_delay_us=100))
+    result = add_model(model, repo, "ident", TritonModelOptions(max_batch_size=16, instances=2))
+    assert result.identical_to == 1 and result.config_written  # no new version, but the shared config changed
+    assert result.config_changes == (
+        'dynamic_batching.max_queue_delay_microseconds: "100" -> (unset)',
+        "instance_group[0].count: 1 -> 2",
+        "max_batch_size: 8 -> 16",
+    )
+    assert read_config(repo / "ident").max_batch_size == 16

@@ -81,7 +81,7 @@ def repository(tmp_path: Path) -> tuple[Path, Path]:
     onnx_path = make_linear_model(tmp_path / "linear.onnx")
     repo = tmp_path / "repo"
     add_model(onnx_path, repo, "lin", TritonModelOptions(max_queue_delay_us=1000))
-    add_model(onnx_path, repo, "lin")  # a second version
+    add_model(onnx_path, repo, "lin", force_new_version=True)  # a second version
     (repo / "lin" / "labels.txt").write_text("a\nb\nc\n")
     native = repo / "pyonly" / "1"
     native.mkdir(parents=True)

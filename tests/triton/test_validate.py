@@ -37,7 +37,7 @@ def repo(tmp_path: Path) -> Path:
 def test_repository_written_by_add_model_is_valid(tmp_path: Path, repo: Path) -> None:
     src = ob.save(ob.identity(("batch", 3, "w")), tmp_path / "m.onnx")
     add_model(src, repo, "plain")
-    add_model(src, repo, "plain")
+    add_model(src, repo, "plain", force_new_version=True)
     add_model(src, repo, "tuned", TritonModelOptions(max_batch_size=0, warmup="random"))
     add_model(ob.save(ob.identity(("batch",)), tmp_path / "b.onnx"), repo, "batch_only")
     assert validate_repository(repo) == []
