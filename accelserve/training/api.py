@@ -135,8 +135,8 @@ def train_compress(model: Any, data: TrainingData, method: Method, output: str |
             output.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(candidate), str(output))
         result.output, result.complete = output, True
-    except KeyboardInterrupt:
-        result.reason = "interrupted"
+    except KeyboardInterrupt as exc:
+        result.reason = f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')})"
         raise
     except AccelserveError as exc:
         result.reason = exc.message

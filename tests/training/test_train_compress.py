@@ -115,7 +115,8 @@ def test_cli_writes_model_and_report_that_repo_add_takes(tmp_path: Path):
     assert bad.returncode == 1 and "--student only applies to --method distill" in bad.stderr
 
 
-def test_interrupt_writes_a_partial_report_and_no_model(tmp_path: Path):
+def test_sigterm_writes_a_partial_report_and_no_model(tmp_path: Path):
+    """What a CI system sends on cancel: the run stops, exits 143, and the JSON report says what was done."""
     proc = subprocess.Popen(_cli(tmp_path, "--method", "distill", "--epochs", "200"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -126,11 +127,11 @@ def test_interrupt_writes_a_partial_report_and_no_model(tmp_path: Path):
             break
         seen += line
     assert "epoch 1/200" in seen, seen
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["complete"] is False and report["reason"] == "interrupted" and report["epochs"]
+    assert report["complete"] is False and report["reason"] == "interrupted (SIGTERM)" and report["epochs"]
     assert not (tmp_path / "out.onnx").exists()
     assert not list(tmp_path.glob(".accelserve-train-*"))
     assert "Traceback" not in err
