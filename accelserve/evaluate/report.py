@@ -61,7 +61,7 @@ def _row(report: EvaluationReport, ev: ModelEvaluation, is_base: bool) -> list[s
             "-" if lat is None else f"{lat.throughput:.1f}",
             "1.00x" if is_base else (_fmt(speedup, ".2f") + "x" if speedup else "-"),
         ]
-    cells.append("-" if ev.memory is None else _mb(ev.memory.peak_rss_bytes))
+    cells.append("-" if ev.memory is None else _mb(ev.memory.session_bytes))
     return cells
 
 
@@ -72,7 +72,7 @@ def to_markdown(report: EvaluationReport) -> str:
         head += [report.metric_name, "drop (points)"]
     for b in report.batch_sizes:
         head += [f"p50 / p99 ms (bs {b})", f"samples/s (bs {b})", f"speed-up (bs {b})"]
-    head.append("peak RSS MB")
+    head.append("session peak MB")
     rows = [_row(report, report.base, True)] + [_row(report, c, False) for c in report.candidates]
     lines = []
     if report.smoke_only:

@@ -113,9 +113,33 @@ def test_fixed_batch_model_cannot_be_timed_at_another_batch(tmp_path: Path) -> N
         measure_latency(tmp_path / "fixed.onnx", cnn_feeds(batch=2), batch_size=4, min_runs=1)
 
 
+def _matmul_model(path: Path, rows: int, cols: int) -> Path:
+    w = numpy_helper.from_array(np.full((rows, cols), 0.01, np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", rows])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", cols])], initializer=[w])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def test_peak_memory_is_measured_in_a_fresh_process(cnn: Path) -> None:
     mem = peak_memory(cnn, cnn_feeds(count=1), threads=1)
     assert mem.peak_rss_bytes >= mem.baseline_rss_bytes > 10_000_000  # python + onnxruntime are > 10 MB
+    # the peak counter is reset after the imports: even a tiny session shows up (it used to read 0)
+    assert mem.method == "vmhwm-reset" and mem.session_bytes > 0
+
+
+def test_peak_memory_of_a_model_grows_with_its_weights(tmp_path: Path) -> None:
+    small = _matmul_model(tmp_path / "small.onnx", 256, 256)  # 0.26 MB of weights
+    big = _matmul_model(tmp_path / "big.onnx", 2048, 8192)  # 67 MB of weights
+    mem_small = peak_memory(small, [{"x": np.ones((1, 256), np.float32)}], threads=1, runs=1)
+    mem_big = peak_memory(big, [{"x": np.ones((1, 2048), np.float32)}], threads=1, runs=1)
+    assert 0 < mem_small.session_bytes < 30_000_000
+    assert mem_big.session_bytes - mem_small.session_bytes > 60_000_000
+    assert mem_big.peak_rss_bytes - mem_small.peak_rss_bytes > 60_000_000
 
 
 def test_report_json_markdown_and_png(cnn: Path, tmp_path: Path) -> None:
