@@ -64,6 +64,7 @@ class EvaluationSettings:
     memory: bool = True
     max_seconds: float = 10.0
     report_prefix: str | Path | None = None  #: writes PREFIX.json/.md/.png; None: next to the output model
+    gates: Any = None  #: accelserve.evaluate.gates.AccuracyGates checked on the evaluation (result.gates_passed)
 
 
 @dataclass
@@ -76,9 +77,19 @@ class OptimizeResult:
     evaluation: Any = None  #: accelserve.evaluate.EvaluationReport when evaluated
     report_files: list[Path] = field(default_factory=list)
 
+    @property
+    def gates(self) -> list[Any]:
+        """Accuracy gate results (accelserve.evaluate.gates.AccuracyGateResult) of the evaluation."""
+        return list(self.evaluation.gates) if self.evaluation is not None else []
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": REPORT_SCHEMA_VERSION,
+            "gates_passed": self.gates_passed,
             "input": str(self.input.path),
             "output": self.output.describe(),
             "recipe": list(self.recipe),
@@ -206,6 +217,11 @@ def optimize(
     classes = [load_pass_class(n) for n in names]
     configs = split_options(names, classes, options)
     passes = [cls(cfg) for cls, cfg in zip(classes, configs)]  # typed configs are checked before anything runs
+    gates = evaluation.gates if evaluation is not None else None
+    if gates is not None and gates.enabled:
+        if not evaluate:
+            raise InvalidInputError("accuracy gates need the evaluation", hint="drop --no-evaluate")
+        gates.check_inputs(has_labels=evaluation.labels is not None)
 
     needs_calibration = [n for n, cls in zip(names, classes) if getattr(cls, "requires_calibration", False)]
     calib: CalibrationData | None = None
@@ -263,6 +279,8 @@ def _evaluate(result: OptimizeResult, calib: CalibrationData | None, settings: E
     if data is calib and calib is not None and not calib.is_random:
         report.data["note"] = "evaluated on the calibration data (pass separate evaluation data for an unbiased figure)"
     result.evaluation = report
+    if settings.gates is not None and settings.gates.enabled:
+        report.apply_gates(settings.gates)
     prefix = Path(settings.report_prefix) if settings.report_prefix else result.output.path.with_suffix(".report")
     files = [
         atomic_write_bytes(prefix.with_name(prefix.name + ".json"),

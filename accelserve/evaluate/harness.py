@@ -55,6 +55,19 @@ class EvaluationReport:
     batch_sizes: list[int]
     metric_name: str | None
     machine: dict[str, Any]
+    gates: list[Any] = field(default_factory=list)  #: AccuracyGateResult, after apply_gates
+
+    def apply_gates(self, gates: Any) -> list[Any]:
+        """Check :class:`accelserve.evaluate.gates.AccuracyGates` on this report; the results are kept (JSON,
+        Markdown) and returned."""
+        from accelserve.evaluate.gates import check_accuracy_gates
+
+        self.gates = check_accuracy_gates(self, gates)
+        return self.gates
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g.passed for g in self.gates)
 
     @property
     def smoke_only(self) -> bool:
@@ -117,6 +130,8 @@ class EvaluationReport:
             "machine": self.machine,
             "base": self.base.to_dict(),
             "candidates": cands,
+            "gates": [g.to_dict() for g in self.gates],
+            "gates_passed": self.gates_passed,
         }
 
     def markdown(self) -> str:

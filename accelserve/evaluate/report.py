@@ -96,6 +96,10 @@ def to_markdown(report: EvaluationReport) -> str:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if report.gates:
+        from accelserve.evaluate.gates import summary
+
+        lines += ["", "Accuracy gates:", "", *[f"- {line}" for line in summary(report.gates).splitlines()]]
     return "\n".join(lines) + "\n"
 
 

@@ -152,7 +152,7 @@ def test_report_json_markdown_and_png(cnn: Path, tmp_path: Path) -> None:
     assert [f.name for f in files] == ["r.json", "r.md", "r.png"]
     doc = json.loads((tmp_path / "r.json").read_text())
     assert set(doc) == {"schema_version", "smoke_only", "accuracy_meaningful", "accuracy_warnings", "data", "threads",
-                        "batch_sizes", "metric_name", "machine", "base", "candidates"}
+                        "batch_sizes", "metric_name", "machine", "base", "candidates", "gates", "gates_passed"}
     assert doc["smoke_only"] is False and doc["metric_name"] == "top1_accuracy"
     same, diff = doc["candidates"]
     assert set(same) >= {"name", "size", "flops", "accuracy", "metric", "metric_drop", "latency", "memory",
