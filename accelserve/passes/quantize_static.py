@@ -142,7 +142,8 @@ class Int8StaticPass(Pass[Int8Config]):
         if cfg.use_calibration_cache:
             cache_dir = Path(cfg.calibration_cache) if cfg.calibration_cache else default_cache_dir()
         stats = collect_statistics(floating, model.sha256(), calib, context.work_dir, entropy_bins=cfg.entropy_bins,
-                                   percentile_bins=cfg.percentile_bins, cache_dir=cache_dir)
+                                   percentile_bins=cfg.percentile_bins, cache_dir=cache_dir,
+                                   histograms=cfg.method != "minmax")
         ranges = compute_ranges(stats, cfg.method, percentile=cfg.percentile,
                                 entropy_quantized_bins=cfg.entropy_quantized_bins)
         layout = choose_layout(cfg.target, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,

@@ -86,7 +86,8 @@ def test_methods_reuse_cached_statistics_and_differ(cnn: Path, tmp_path: Path) -
     scales = {}
     for method in ("minmax", "percentile", "entropy"):
         out, ctx = _run(cnn, tmp_path, name=f"{method}.onnx", method=method, percentile=99.0)
-        assert ctx.report["calibration"]["statistics_from_cache"] is (method != "minmax")
+        # minmax collects no histograms; percentile collects both histograms, which entropy then reuses
+        assert ctx.report["calibration"]["statistics_from_cache"] is (method == "entropy")
         model = _graph(out.path)
         inits = _inits(model)
         scales[method] = {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
@@ -101,6 +102,28 @@ def test_methods_reuse_cached_statistics_and_differ(cnn: Path, tmp_path: Path) -
     _MEMORY_CACHE.clear()  # a new process: statistics come from the disk cache
     _, ctx = _run(cnn, tmp_path, name="again.onnx", method="entropy")
     assert ctx.report["calibration"]["statistics_from_cache"] is True
+
+
+def test_minmax_calibration_collects_no_histograms(cnn: Path, tmp_path: Path) -> None:
+    """Histograms cost more than running the model (ResNet-18: 2/3 of simplify,int8); minmax needs none."""
+    from accelserve.passes.quantize_calibrate import collect_statistics, compute_ranges
+    from accelserve.passes.quantize_static import prepare_float_model
+
+    _MEMORY_CACHE.clear()
+    model = prepare_float_model(onnx.load(str(cnn)), tmp_path)
+    data = load_calibration(lambda: cnn_feeds(count=2), cnn)
+    fast = collect_statistics(model, "sha", data, tmp_path, histograms=False)
+    assert fast.minmax and not fast.value_hist and not fast.abs_hist and not fast.has_histograms
+    with pytest.raises(OptimizationError, match="needs histograms"):
+        compute_ranges(fast, "entropy")
+    full = collect_statistics(model, "sha", data, tmp_path, histograms=True)
+    assert full.value_hist and full.abs_hist and not full.from_cache
+    assert {k: tuple(map(float, v)) for k, v in fast.minmax.items()} == {
+        k: tuple(map(float, v)) for k, v in full.minmax.items()}  # same ranges either way
+    assert collect_statistics(model, "sha", data, tmp_path, histograms=False).from_cache is True
+    _MEMORY_CACHE.clear()
+    assert collect_statistics(model, "sha", data, tmp_path, histograms=True).from_cache is False
+    assert collect_statistics(model, "sha", data, tmp_path, histograms=False).from_cache is True  # full serves minmax
 
 
 def test_entropy_threshold_matches_onnxruntime() -> None:
