@@ -319,6 +319,9 @@ def _evaluate(result: OptimizeResult, calib: CalibrationData | None, settings: E
     )
     if data is calib and calib is not None and not calib.is_random:
         report.data["note"] = "evaluated on the calibration data (pass separate evaluation data for an unbiased figure)"
+    if result.budget_check is not None:
+        report.data["accuracy_budget"] = (f"--accuracy-budget {result.budget_check['budget']:g} was decided and met on "
+                                          f"{result.budget_check['data']}")
     result.evaluation = report
     if settings.gates is not None and settings.gates.enabled:
         report.apply_gates(settings.gates)
