@@ -59,6 +59,13 @@ class OptimizationError(AccelserveError):
     """An optimization pass cannot be applied to this model with these settings."""
 
 
+class AccuracyBudgetError(OptimizationError):
+    """The optimized model misses its ``--accuracy-budget`` on held-out data: a failed gate (exit 2), and the
+    output model is not written."""
+
+    exit_code = 2
+
+
 class InternalError(Exception):
     """A bug in accelserve. Not a user error: the CLI shows its traceback."""
 

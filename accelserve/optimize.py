@@ -20,7 +20,7 @@ from typing import Any
 from accelserve import plugins
 from accelserve.artifact import ModelArtifact
 from accelserve.calibration import CalibrationData, CalibrationSpec, load_calibration
-from accelserve.errors import InvalidInputError, PluginError
+from accelserve.errors import AccuracyBudgetError, InvalidInputError, PluginError
 from accelserve.onnx_io import save_onnx
 from accelserve.passes.base import Pass, PassContext
 
@@ -64,6 +64,7 @@ class EvaluationSettings:
     memory: bool = True
     max_seconds: float = 10.0
     report_prefix: str | Path | None = None  #: writes PREFIX.json/.md/.png; None: next to the output model
+    gates: Any = None  #: accelserve.evaluate.gates.AccuracyGates checked on the evaluation (result.gates_passed)
 
 
 @dataclass
@@ -75,14 +76,27 @@ class OptimizeResult:
     calibration: dict[str, Any] | None
     evaluation: Any = None  #: accelserve.evaluate.EvaluationReport when evaluated
     report_files: list[Path] = field(default_factory=list)
+    #: the --accuracy-budget checked on the final model against the input, on the held-out data (None: no budget)
+    budget_check: dict[str, Any] | None = None
+
+    @property
+    def gates(self) -> list[Any]:
+        """Accuracy gate results (accelserve.evaluate.gates.AccuracyGateResult) of the evaluation."""
+        return list(self.evaluation.gates) if self.evaluation is not None else []
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g.passed for g in self.gates)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": REPORT_SCHEMA_VERSION,
+            "gates_passed": self.gates_passed,
             "input": str(self.input.path),
             "output": self.output.describe(),
             "recipe": list(self.recipe),
             "calibration": self.calibration,
+            "budget_check": self.budget_check,
             "passes": [p.to_dict() for p in self.passes],
             "evaluation": self.evaluation.to_dict() if self.evaluation is not None else None,
         }
@@ -96,6 +110,10 @@ class OptimizeResult:
         for run in self.passes:
             lines.append(f"  [{run.name}] {run.seconds:.1f}s, precision {run.artifact.precision}")
             lines += [f"    {msg}" for msg in run.log]
+        if self.budget_check:
+            b = self.budget_check
+            lines.append(f"  accuracy budget {b['budget']:g} ({b['metric']}): final model {b['error']:.4g} vs the input "
+                         f"on {b['data']} ({b['samples']} samples): met")
         return "\n".join(lines)
 
 
@@ -206,6 +224,11 @@ def optimize(
     classes = [load_pass_class(n) for n in names]
     configs = split_options(names, classes, options)
     passes = [cls(cfg) for cls, cfg in zip(classes, configs)]  # typed configs are checked before anything runs
+    gates = evaluation.gates if evaluation is not None else None
+    if gates is not None and gates.enabled:
+        if not evaluate:
+            raise InvalidInputError("accuracy gates need the evaluation", hint="drop --no-evaluate")
+        gates.check_inputs(has_labels=evaluation.labels is not None)
 
     needs_calibration = [n for n, cls in zip(names, classes) if getattr(cls, "requires_calibration", False)]
     calib: CalibrationData | None = None
@@ -218,27 +241,61 @@ def optimize(
             hint="pass --calib DATA (.npz, a directory of .npy, or MODULE:FN), or --random-calib for a smoke test",
         )
 
+    # an accuracy budget is decided on held-out data: the evaluation data when given (else each pass holds out
+    # part of the calibration data), and the final model must meet it there, or nothing is written (exit 2)
+    budgeted = [p for p in passes if getattr(p.config, "accuracy_budget", None) is not None]
+    held_out: CalibrationData | None = None
+    if budgeted and evaluation is not None and evaluation.data is not None:
+        held_out = load_calibration(evaluation.data, model_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="accelserve-optimize-", dir=work_dir))
     runs: list[PassRun] = []
+    budget_check = None
     try:
         artifact = source
         for i, (name, p) in enumerate(zip(names, passes)):
-            ctx = PassContext(work_dir=work / f"{i:02d}_{name}", calibration=calib)
+            ctx = PassContext(work_dir=work / f"{i:02d}_{name}", calibration=calib, held_out=held_out)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             artifact = p.run(artifact, work / f"{i:02d}_{name}.onnx", ctx)
             runs.append(PassRun(name, p.config.model_dump(mode="json"), artifact, dict(ctx.report), list(ctx.log),
                                 time.perf_counter() - started, artifact.size_bytes()))
+        budget_check = _check_budget(source.path, artifact.path, runs, calib, held_out)
         final = _write_atomically(artifact, output)
     finally:
         if not keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
 
-    result = OptimizeResult(source, final, names, runs, calib.describe() if calib else None)
+    result = OptimizeResult(source, final, names, runs, calib.describe() if calib else None,
+                            budget_check=budget_check)
     if evaluate:
         _evaluate(result, calib, evaluation or EvaluationSettings())
     return result
+
+
+def _check_budget(input_path: Path, final_path: Path, runs: list[PassRun], calib: CalibrationData | None,
+                  held_out: CalibrationData | None) -> dict[str, Any] | None:
+    """The tightest accuracy budget of the recipe's quantization passes, checked on the final model against the
+    input model on the held-out data the pass decided on; a miss raises AccuracyBudgetError (exit 2)."""
+    from accelserve.passes.quantize_sensitivity import budget_data, model_error
+
+    budgets = [(r.report["sensitivity"]["budget"], r.report["sensitivity"]["metric"], r.name) for r in runs
+               if isinstance(r.report.get("sensitivity"), dict) and r.report["sensitivity"].get("budget") is not None]
+    if not budgets or calib is None:
+        return None
+    budget, metric, name = min(budgets)
+    held = budget_data(calib, held_out)
+    error = model_error(input_path, final_path, held.feeds, metric)
+    check = {"budget": budget, "metric": metric, "pass": name, "error": error, "data": held.source,
+             "samples": held.samples, "met": error <= budget}
+    if error > budget:
+        raise AccuracyBudgetError(
+            f"the accuracy budget {budget:g} ({metric}, pass {name}) is missed by the final model: error "
+            f"{error:.4g} against the input model on {held.source} ({held.samples} samples); the output was not "
+            "written",
+            hint="raise --accuracy-budget, or check the passes after the quantization (they add error too)",
+        )
+    return check
 
 
 def _evaluate(result: OptimizeResult, calib: CalibrationData | None, settings: EvaluationSettings) -> None:
@@ -262,7 +319,12 @@ def _evaluate(result: OptimizeResult, calib: CalibrationData | None, settings: E
     )
     if data is calib and calib is not None and not calib.is_random:
         report.data["note"] = "evaluated on the calibration data (pass separate evaluation data for an unbiased figure)"
+    if result.budget_check is not None:
+        report.data["accuracy_budget"] = (f"--accuracy-budget {result.budget_check['budget']:g} was decided and met on "
+                                          f"{result.budget_check['data']}")
     result.evaluation = report
+    if settings.gates is not None and settings.gates.enabled:
+        report.apply_gates(settings.gates)
     prefix = Path(settings.report_prefix) if settings.report_prefix else result.output.path.with_suffix(".report")
     files = [
         atomic_write_bytes(prefix.with_name(prefix.name + ".json"),

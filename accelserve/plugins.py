@@ -20,6 +20,8 @@ GROUPS: dict[str, str] = {
     "runtimes": "accelserve.runtimes",
     "reporters": "accelserve.reporters",
 }
+#: short group name -> what one plugin of the group is called in messages
+SINGULAR: dict[str, str] = {"exporters": "exporter", "passes": "pass", "runtimes": "runtime", "reporters": "reporter"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def load(group: str, name: str) -> Any:
     if name not in eps:
         available = ", ".join(sorted(eps)) or "none installed"
         raise PluginError(
-            f"no {group[:-1] if group.endswith('s') else group} named '{name}'",
+            f"no {SINGULAR.get(group, group)} named '{name}'",
             hint=f"available {group}: {available}; `accelserve plugins` lists everything installed",
         )
     ep = eps[name]

@@ -31,8 +31,9 @@ def test_recipe_parsing_and_option_routing() -> None:
     assert routed == [{"target": "tensorrt", "backend": "ort"}, {"target": "tensorrt", "method": "entropy"}]
     with pytest.raises(InvalidInputError, match="--sparsity is not an option of any pass in recipe 'int8'"):
         split_options(["int8"], [classes[1]], {"sparsity": 0.5})
-    with pytest.raises(PluginError, match="no passe named 'int9'|no pass named 'int9'"):
+    with pytest.raises(PluginError) as err:
         load_pass_class("int9")
+    assert err.value.message == "no pass named 'int9'"  # not "no passe named"
 
 
 def test_simplify_then_int8_writes_model_and_reports(cnn: Path, calib: Path, tmp_path: Path) -> None:

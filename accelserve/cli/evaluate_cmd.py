@@ -1,4 +1,7 @@
-"""``accelserve evaluate BASE CANDIDATE... --data DATA``: size, accuracy, speed and memory, side by side."""
+"""``accelserve evaluate BASE CANDIDATE... --data DATA``: size, accuracy, speed and memory, side by side.
+
+Exit status: 0 ok, 1 user error, 2 an accuracy gate (--max-accuracy-drop, --min-cosine, --min-agreement) failed;
+the reports are written either way."""
 
 from __future__ import annotations
 
@@ -31,20 +34,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", help="write the JSON report here")
     p.add_argument("--markdown", help="write the Markdown table here")
     p.add_argument("--plot", help="write the PNG plot here (accuracy drop vs latency)")
+    from accelserve.evaluate.gates import add_gate_arguments
+
+    add_gate_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from accelserve.calibration import load_calibration
     from accelserve.evaluate import evaluate_models, load_labels
+    from accelserve.evaluate.gates import EXIT_GATE_FAILED, gates_from_args, summary
 
+    gates = gates_from_args(args)
+    gates.check_inputs(has_labels=bool(args.labels))
     data = load_calibration(args.data, args.base, random=args.random_data, count=args.count, batch_size=args.batch)
     labels = load_labels(args.labels) if args.labels else None
     report = evaluate_models(
         args.base, args.candidates, data, labels=labels, metric=args.metric, batch_sizes=args.batch_sizes,
         threads=args.threads, speed=not args.no_speed, memory=not args.no_memory, max_seconds=args.max_seconds,
     )
+    if gates.enabled:
+        report.apply_gates(gates)
     print(report.markdown())
     for f in report.write(json=args.json_out, markdown=args.markdown, plot=args.plot if not args.no_speed else None):
         print(f"wrote {f}")
+    for warning in report.accuracy_warnings():
+        sys.stderr.write(f"warning: agreement figures not meaningful: {warning}\n")
+    if not report.gates_passed:
+        sys.stderr.write(summary(report.gates) + "\n")
+        return EXIT_GATE_FAILED
     return 0

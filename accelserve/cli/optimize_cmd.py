@@ -114,17 +114,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores of this process)")
     ev.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ev.add_argument("--report", help="report prefix (default: OUTPUT without .onnx + .report)")
+    from accelserve.evaluate.gates import add_gate_arguments
+
+    add_gate_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from accelserve.evaluate.gates import EXIT_GATE_FAILED, gates_from_args, summary
     from accelserve.optimize import EvaluationSettings, optimize
 
     options = collect_options(args)
     settings = EvaluationSettings(
         data=args.eval_data, labels=args.labels, metric=args.metric, batch_sizes=tuple(args.batch_sizes),
-        threads=args.threads, memory=not args.no_memory, report_prefix=args.report,
+        threads=args.threads, memory=not args.no_memory, report_prefix=args.report, gates=gates_from_args(args),
     )
     result = optimize(
         args.model, args.recipe, args.output, options, calibration=args.calib, evaluate=not args.no_evaluate,
@@ -133,12 +139,18 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str))
-        return 0
-    print(result.table())
+    else:
+        print(result.table())
+        if result.evaluation is not None:
+            print()
+            print(result.evaluation.markdown())
+        for f in result.report_files:
+            print(f"wrote {f}")
+        print(f"wrote {result.output.path}")
     if result.evaluation is not None:
-        print()
-        print(result.evaluation.markdown())
-    for f in result.report_files:
-        print(f"wrote {f}")
-    print(f"wrote {result.output.path}")
+        for warning in result.evaluation.accuracy_warnings():
+            sys.stderr.write(f"warning: agreement figures not meaningful: {warning}\n")
+    if not result.gates_passed:
+        sys.stderr.write(summary(result.gates) + "\n")
+        return EXIT_GATE_FAILED
     return 0

@@ -16,6 +16,16 @@ Outputs = list[dict[str, np.ndarray]]
 Metric = Callable[[dict[str, np.ndarray], np.ndarray], float]
 
 
+#: the base predicts one class for at least this share of the inputs -> agreement figures carry no information
+DOMINANT_CLASS_SHARE = 0.9
+#: fewest samples for the one-class check (two or three inputs of one class prove nothing)
+MIN_SAMPLES_FOR_CLASS_CHECK = 10
+#: ||base - mean base|| / ||base|| below this: the outputs barely depend on the input
+MIN_INPUT_SPREAD = 0.1
+#: ||base - mean base|| / ||candidate - base|| below this: the error is as large as what the input changes
+MIN_SIGNAL_TO_ERROR = 1.0
+
+
 @dataclass(frozen=True)
 class OutputError:
     name: str
@@ -23,12 +33,23 @@ class OutputError:
     mean_abs_error: float
     rel_l2_error: float  #: ||cand - base|| / ||base||
     cosine: float
+    #: cosine of the outputs centred on the base's mean output over the inputs: agreement on what depends on the input
+    centered_cosine: float = 1.0
+    #: ||base - mean base|| / ||base||: how much the base's output changes from input to input (0: constant)
+    input_spread: float = 0.0
+    #: ||base - mean base|| / ||cand - base|| (None when the outputs are identical)
+    signal_to_error: float | None = None
 
 
 @dataclass(frozen=True)
 class AccuracyStats:
     """Candidate vs base outputs over all feeds. ``top1_agreement`` is None unless the first output looks like
-    classifier scores (rank >= 2, last axis > 1)."""
+    classifier scores (rank >= 2, last axis > 1).
+
+    ``cosine`` and ``top1_agreement`` are only evidence when the base model's outputs depend on its input: a model
+    with random weights gives nearly the same output (one class) for every input, and then any candidate "agrees".
+    ``meaningful`` is False in that case, and ``not_meaningful`` says why; ``centered_cosine`` (outputs centred on
+    the base's mean output) measures agreement on the input-dependent part only, and is the figure to read then."""
 
     max_abs_error: float
     mean_abs_error: float
@@ -37,9 +58,24 @@ class AccuracyStats:
     top1_agreement: float | None
     samples: int
     outputs: list[OutputError] = field(default_factory=list)
+    centered_cosine: float = 1.0  #: worst output
+    dominant_class: int | None = None  #: the base's most frequent top-1 class (classifiers)
+    dominant_class_share: float | None = None  #: share of the inputs the base puts in that class
+    input_spread: float = 0.0  #: lowest over outputs (see OutputError.input_spread)
+    not_meaningful: list[str] = field(default_factory=list)  #: why cosine/top-1 agreement carry no information
+
+    @property
+    def meaningful(self) -> bool:
+        return not self.not_meaningful
+
+    @property
+    def degenerate_base(self) -> bool:
+        """The base's outputs barely depend on the input (whatever the candidate)."""
+        return any(r.startswith("degenerate base") for r in self.not_meaningful)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "outputs": [asdict(o) for o in self.outputs]}
+        return {**asdict(self), "outputs": [asdict(o) for o in self.outputs], "meaningful": self.meaningful,
+                "degenerate_base": self.degenerate_base}
 
 
 def concat_outputs(outputs: Outputs) -> dict[str, np.ndarray]:
@@ -66,8 +102,54 @@ def is_classifier_output(arr: np.ndarray) -> bool:
     return arr.ndim >= 2 and arr.shape[-1] > 1 and np.issubdtype(arr.dtype, np.floating)
 
 
+def _centered(eb: np.ndarray) -> np.ndarray:
+    """Base outputs minus their mean over the inputs (axis 0)."""
+    return eb - eb.mean(axis=0, keepdims=True) if eb.ndim and eb.shape[0] > 1 else np.zeros_like(eb)
+
+
+def _output_error(name: str, eb: np.ndarray, ec: np.ndarray) -> OutputError:
+    diff = (ec - eb).ravel()
+    norm = float(np.linalg.norm(eb))
+    err = float(np.linalg.norm(diff))
+    centered = _centered(eb)
+    mean = eb - centered
+    spread = float(np.linalg.norm(centered))
+    return OutputError(
+        name=name,
+        max_abs_error=float(np.abs(diff).max()) if diff.size else 0.0,
+        mean_abs_error=float(np.abs(diff).mean()) if diff.size else 0.0,
+        rel_l2_error=err / norm if norm else err,
+        cosine=_cosine(eb.ravel(), ec.ravel()),
+        centered_cosine=_cosine(centered.ravel(), (ec - mean).ravel()),
+        input_spread=spread / norm if norm else 0.0,
+        signal_to_error=spread / err if err else None,
+    )
+
+
+def _not_meaningful(b: dict[str, np.ndarray], per_output: list[OutputError], samples: int,
+                    dominant: tuple[int, float] | None) -> list[str]:
+    reasons = []
+    if samples < 2:
+        return ["one input only: agreement with the base says nothing about other inputs"]
+    if dominant is not None and samples >= MIN_SAMPLES_FOR_CLASS_CHECK and dominant[1] >= DOMINANT_CLASS_SHARE:
+        first = next(iter(b.values()))
+        reasons.append(f"degenerate base: it predicts class {dominant[0]} for {100 * dominant[1]:.0f}% of the "
+                       f"{samples} inputs ({first.shape[-1]} classes), so top-1 agreement is near-certain for any "
+                       "candidate")
+    for o in per_output:
+        if o.input_spread < MIN_INPUT_SPREAD:
+            reasons.append(f"degenerate base: output '{o.name}' barely depends on the input (variation across "
+                           f"inputs is {100 * o.input_spread:.2g}% of its size), so cosine is near 1 for any "
+                           "candidate")
+        elif o.signal_to_error is not None and o.signal_to_error < MIN_SIGNAL_TO_ERROR:
+            reasons.append(f"output '{o.name}': the candidate's error is {1 / o.signal_to_error:.2g}x the base's "
+                           "variation across inputs")
+    return reasons
+
+
 def compare_outputs(base: Outputs, candidate: Outputs) -> AccuracyStats:
-    """Compare candidate outputs with base outputs (same feeds, same order)."""
+    """Compare candidate outputs with base outputs (same feeds, same order), and say whether the comparison
+    carries information (see :class:`AccuracyStats`)."""
     b, c = concat_outputs(base), concat_outputs(candidate)
     if set(b) != set(c):
         raise InvalidInputError(
@@ -79,19 +161,15 @@ def compare_outputs(base: Outputs, candidate: Outputs) -> AccuracyStats:
         eb, ec = b[name].astype(np.float64), c[name].astype(np.float64)
         if eb.shape != ec.shape:
             raise InvalidInputError(f"output '{name}' has shape {ec.shape} in the candidate, {eb.shape} in the base")
-        diff = np.abs(ec - eb).ravel()
-        norm = float(np.linalg.norm(eb))
-        per_output.append(OutputError(
-            name=name,
-            max_abs_error=float(diff.max()) if diff.size else 0.0,
-            mean_abs_error=float(diff.mean()) if diff.size else 0.0,
-            rel_l2_error=float(np.linalg.norm(diff) / norm) if norm else float(np.linalg.norm(diff)),
-            cosine=_cosine(eb.ravel(), ec.ravel()),
-        ))
+        per_output.append(_output_error(name, eb, ec))
     first = next(iter(b))
     top1 = None
+    dominant: tuple[int, float] | None = None
     if is_classifier_output(b[first]):
-        top1 = float(np.mean(np.argmax(b[first], axis=-1) == np.argmax(c[first], axis=-1)))
+        base_top = np.argmax(b[first], axis=-1).ravel()
+        top1 = float(np.mean(base_top == np.argmax(c[first], axis=-1).ravel()))
+        counts = np.bincount(base_top)
+        dominant = (int(counts.argmax()), float(counts.max() / base_top.size))
     samples = int(b[first].shape[0]) if b[first].ndim else len(base)
     return AccuracyStats(
         max_abs_error=max(o.max_abs_error for o in per_output),
@@ -101,6 +179,11 @@ def compare_outputs(base: Outputs, candidate: Outputs) -> AccuracyStats:
         top1_agreement=top1,
         samples=samples,
         outputs=per_output,
+        centered_cosine=min(o.centered_cosine for o in per_output),
+        dominant_class=dominant[0] if dominant else None,
+        dominant_class_share=dominant[1] if dominant else None,
+        input_spread=min(o.input_spread for o in per_output),
+        not_meaningful=_not_meaningful(b, per_output, samples, dominant),
     )
 
 

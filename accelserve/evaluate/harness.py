@@ -55,10 +55,32 @@ class EvaluationReport:
     batch_sizes: list[int]
     metric_name: str | None
     machine: dict[str, Any]
+    gates: list[Any] = field(default_factory=list)  #: AccuracyGateResult, after apply_gates
+
+    def apply_gates(self, gates: Any) -> list[Any]:
+        """Check :class:`accelserve.evaluate.gates.AccuracyGates` on this report; the results are kept (JSON,
+        Markdown) and returned."""
+        from accelserve.evaluate.gates import check_accuracy_gates
+
+        self.gates = check_accuracy_gates(self, gates)
+        return self.gates
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g.passed for g in self.gates)
 
     @property
     def smoke_only(self) -> bool:
         return bool(self.data.get("random"))
+
+    @property
+    def accuracy_meaningful(self) -> bool:
+        """False when any candidate's agreement with the base carries no information (see AccuracyStats)."""
+        return not self.accuracy_warnings()
+
+    def accuracy_warnings(self) -> list[str]:
+        """``"NAME: reason"`` for every candidate whose cosine/top-1 agreement with the base is not meaningful."""
+        return [f"{c.name}: {r}" for c in self.candidates if c.accuracy is not None for r in c.accuracy.not_meaningful]
 
     def compression_ratio(self, cand: ModelEvaluation) -> float:
         return self.base.size.file_bytes / cand.size.file_bytes if cand.size.file_bytes else float("inf")
@@ -75,10 +97,11 @@ class EvaluationReport:
         drop = self.metric_drop(cand)
         if drop is not None:
             return 100.0 * drop, f"{self.metric_name} drop (points)"
+        caveat = "" if cand.accuracy is None or cand.accuracy.meaningful else " (NOT MEANINGFUL, see report)"
         if cand.accuracy and cand.accuracy.top1_agreement is not None:
-            return 100.0 * (1.0 - cand.accuracy.top1_agreement), "top-1 disagreement with base (points)"
+            return 100.0 * (1.0 - cand.accuracy.top1_agreement), "top-1 disagreement with base (points)" + caveat
         cos = cand.accuracy.cosine if cand.accuracy else 1.0
-        return 1.0 - cos, "1 - cosine similarity with base"
+        return 1.0 - cos, "1 - cosine similarity with base" + caveat
 
     def speedup(self, cand: ModelEvaluation, batch_size: int) -> float | None:
         b = next((x for x in self.base.latency if x.batch_size == batch_size), None)
@@ -98,6 +121,8 @@ class EvaluationReport:
         return {
             "schema_version": SCHEMA_VERSION,
             "smoke_only": self.smoke_only,
+            "accuracy_meaningful": self.accuracy_meaningful,
+            "accuracy_warnings": self.accuracy_warnings(),
             "data": self.data,
             "threads": self.threads,
             "batch_sizes": list(self.batch_sizes),
@@ -105,6 +130,8 @@ class EvaluationReport:
             "machine": self.machine,
             "base": self.base.to_dict(),
             "candidates": cands,
+            "gates": [g.to_dict() for g in self.gates],
+            "gates_passed": self.gates_passed,
         }
 
     def markdown(self) -> str:

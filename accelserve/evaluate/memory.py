@@ -1,5 +1,10 @@
 """Peak resident memory of an ONNX Runtime session running a model, measured in a fresh process so nothing else
-in this process counts."""
+in this process counts.
+
+``session_bytes`` (peak minus baseline) is the figure to compare between models: the baseline (interpreter, numpy,
+onnxruntime, the feed) is the same for every model. The probe resets the kernel's peak counter after the imports
+(see :mod:`accelserve.evaluate._memory_probe`), so a small model's peak is not hidden under the imports' peak.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from accelserve.errors import InvalidInputError
 
 @dataclass(frozen=True)
 class MemoryStats:
-    peak_rss_bytes: int  #: peak resident set of the measuring process after loading and running the model
-    baseline_rss_bytes: int  #: the same process before the session was created (Python + numpy + onnxruntime)
+    peak_rss_bytes: int  #: peak resident set of the measuring process while loading and running the model
+    baseline_rss_bytes: int  #: the same process just before the session was created (Python + numpy + onnxruntime)
+    method: str = "vmhwm-reset"  #: "vmhwm-reset" (peak after the baseline) or "ru_maxrss" (peak of the whole process)
 
     @property
     def session_bytes(self) -> int:
@@ -31,7 +37,8 @@ class MemoryStats:
 
 def peak_memory(model_path: str | Path, feeds: list[dict[str, np.ndarray]], threads: int | None = None,
                 runs: int = 3) -> MemoryStats:
-    """Load ``model_path`` in a new Python process, run the first feed ``runs`` times, and report its peak RSS."""
+    """Load ``model_path`` in a new Python process, run the first feed ``runs`` times, and report its peak RSS and
+    the RSS just before the session was created."""
     if not feeds:
         raise InvalidInputError("no data to run the model with for the memory measurement")
     with tempfile.TemporaryDirectory(prefix="accelserve-mem-") as tmp:
@@ -45,4 +52,5 @@ def peak_memory(model_path: str | Path, feeds: list[dict[str, np.ndarray]], thre
             f"measuring the memory of {model_path} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}"
         )
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return MemoryStats(peak_rss_bytes=int(data["peak"]), baseline_rss_bytes=int(data["baseline"]))
+    return MemoryStats(peak_rss_bytes=int(data["peak"]), baseline_rss_bytes=int(data["baseline"]),
+                       method=str(data.get("method", "ru_maxrss")))

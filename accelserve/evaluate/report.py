@@ -37,6 +37,10 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _flag(acc: object) -> str:
+    return "" if getattr(acc, "meaningful", True) else " (not meaningful)"
+
+
 def _row(report: EvaluationReport, ev: ModelEvaluation, is_base: bool) -> list[str]:
     acc = ev.accuracy
     drop = None if is_base else report.metric_drop(ev)
@@ -48,8 +52,9 @@ def _row(report: EvaluationReport, ev: ModelEvaluation, is_base: bool) -> list[s
         f"{ev.size.nonzero_parameters:,}",
         _fmt(ev.flops / 1e9 if ev.flops is not None else None, ".3g"),
         "-" if acc is None else f"{acc.max_abs_error:.3g}",
-        "-" if acc is None else f"{acc.cosine:.5f}",
-        "-" if acc is None or acc.top1_agreement is None else f"{100 * acc.top1_agreement:.2f}%",
+        "-" if acc is None else f"{acc.cosine:.5f}" + _flag(acc),
+        "-" if acc is None else f"{acc.centered_cosine:.5f}",
+        "-" if acc is None or acc.top1_agreement is None else f"{100 * acc.top1_agreement:.2f}%" + _flag(acc),
     ]
     if report.metric_name:
         cells += [_fmt(ev.metric, ".4f"), _fmt(100 * drop if drop is not None else None, "+.2f")]
@@ -61,22 +66,28 @@ def _row(report: EvaluationReport, ev: ModelEvaluation, is_base: bool) -> list[s
             "-" if lat is None else f"{lat.throughput:.1f}",
             "1.00x" if is_base else (_fmt(speedup, ".2f") + "x" if speedup else "-"),
         ]
-    cells.append("-" if ev.memory is None else _mb(ev.memory.peak_rss_bytes))
+    cells.append("-" if ev.memory is None else _mb(ev.memory.session_bytes))
     return cells
 
 
 def to_markdown(report: EvaluationReport) -> str:
     head = ["model", "size MB", "compression", "params", "non-zero", "GFLOPs", "max abs err", "cosine",
-            "top-1 agree"]
+            "centred cosine", "top-1 agree"]
     if report.metric_name:
         head += [report.metric_name, "drop (points)"]
     for b in report.batch_sizes:
         head += [f"p50 / p99 ms (bs {b})", f"samples/s (bs {b})", f"speed-up (bs {b})"]
-    head.append("peak RSS MB")
+    head.append("session peak MB")
     rows = [_row(report, report.base, True)] + [_row(report, c, False) for c in report.candidates]
     lines = []
     if report.smoke_only:
         lines.append("> **Smoke only:** evaluated on random data; the accuracy figures mean nothing.\n")
+    for ev in report.candidates:
+        if ev.accuracy is not None and not ev.accuracy.meaningful:
+            lines.append(f"> **{ev.name}: cosine and top-1 agreement with the base are not meaningful:** "
+                         + "; ".join(ev.accuracy.not_meaningful)
+                         + ". Read the centred cosine (agreement on what depends on the input), or measure "
+                           "against labels of real data with a trained model.\n")
     m = report.machine
     lines.append(
         f"Data: {report.data.get('source')} ({report.data.get('feeds')} feeds). Machine: {m.get('model')}, "
@@ -85,6 +96,10 @@ def to_markdown(report: EvaluationReport) -> str:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if report.gates:
+        from accelserve.evaluate.gates import summary
+
+        lines += ["", "Accuracy gates:", "", *[f"- {line}" for line in summary(report.gates).splitlines()]]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,10 @@ downloaded). The benchmarks and the end-to-end tests of quantization and pruning
 Two heads: ``"pool"`` (global average pooling → Linear, compact) and ``"dense"`` (Flatten → Linear → ReLU → Linear,
 which exercises channel pruning through Flatten into a dense layer). Input ``x``: ``[batch, 1, 8, 8]`` float32 in
 [0, 1]; output: logits ``[batch, 10]``. Importing this module imports neither torch nor scikit-learn.
+
+:func:`digits_resnet` is a ResNet-style CNN (basic blocks, 1x1 projection shortcuts) trained the same way on the
+digits upsampled to ``size`` x ``size``: a bigger residual model whose accuracy figures mean something (a
+random-weight ResNet gives one class for every input and proves only speed).
 """
 
 from __future__ import annotations
@@ -104,3 +108,72 @@ def digits_training_data(batch_size: int = 64, seed: int = 0) -> Any:
     data = digits_data(seed)
     return TrainingData(train=numpy_loader(data.x_train, data.y_train, batch_size, seed=seed),
                         eval=numpy_loader(data.x_test, data.y_test, 256, shuffle=False), input_names=[INPUT_NAME])
+
+
+def upsample_digits(data: DigitsData, size: int) -> DigitsData:
+    """The digits resized from 8x8 to ``size`` x ``size`` (bilinear), still in [0, 1]."""
+    torch = require("torch", "upsampling the digits")
+
+    def up(x: np.ndarray) -> np.ndarray:
+        t = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear",
+                                            align_corners=False)
+        return t.clamp(0, 1).numpy().astype(np.float32)
+
+    return DigitsData(up(data.x_train), data.y_train, up(data.x_test), data.y_test)
+
+
+def digits_resnet_module(widths: tuple[int, ...] = (16, 32, 64), blocks: int = 1) -> Any:
+    """Stem Conv-BN-ReLU, then per width ``blocks`` basic blocks (stride 2 and a 1x1 projection shortcut when the
+    stage changes), global average pooling, Linear -> 10 logits."""
+    torch = require("torch", "building the digits ResNet")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x: Any) -> Any:
+            identity = x if self.down is None else self.down(x)
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + identity)
+
+    layers: list[Any] = [nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    cin = widths[0]
+    for i, width in enumerate(widths):
+        for b in range(blocks):
+            layers.append(Block(cin, width, 2 if (i > 0 and b == 0) else 1))
+            cin = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)]
+    return nn.Sequential(*layers)
+
+
+def digits_resnet(path: str | Path, *, size: int = 16, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 1,
+                  epochs: int = 8, seed: int = 0) -> tuple[Path, DigitsData]:
+    """Train the digits ResNet on the upsampled digits (Adam, lr 3e-3, batch 64, seeded; seconds on a CPU) and
+    export it to ``path``; returns the path and the upsampled data split (input ``x``: ``[batch, 1, size, size]``)."""
+    torch = require("torch", "training the digits ResNet")
+    from accelserve.exporters.torch_exporter import export_torch
+
+    data = upsample_digits(digits_data(seed), size)
+    torch.manual_seed(seed)
+    model = digits_resnet_module(widths, blocks)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    path = Path(path)
+    export_torch(model, {INPUT_NAME: data.x_test[:4]}, path, inputs=[f"{INPUT_NAME}:4x1x{size}x{size}:float32"])
+    return path, data

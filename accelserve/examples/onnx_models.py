@@ -4,6 +4,8 @@ The digits CNN lives in :mod:`accelserve.examples.digits`.
 
 * :func:`resnet_onnx` -- a ResNet-style CNN with residual basic blocks (Conv/BatchNorm/ReLU, 1x1 projection
   shortcuts), random weights, built directly as ONNX: input ``[batch, 3, 32, 32]``.
+* :func:`resnet18_onnx` -- ResNet-18's layout (torchvision's: 7x7/2 stem + max-pool, four stages of two basic
+  blocks, 64-512 channels), random weights, input ``[batch, 3, image, image]``: for timing (speed only).
 * :func:`ffn_onnx` -- a transformer feed-forward block ``LayerNorm(x + W2 gelu(W1 x + b1) + b2)`` on
   ``[batch, seq, d_model]``; ``spectrum="decaying"`` gives weights with a power-law singular spectrum (what trained
   weights tend to have), ``"gaussian"`` plain random ones (the worst case for a low-rank factorization).
@@ -77,6 +79,31 @@ def resnet_onnx(path: str | Path, *, widths: tuple[int, ...] = (32, 64, 128), bl
     model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, image, image])],
                     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], 17)
     check_model(model, what="resnet benchmark model")
+    save_onnx(model, Path(path))
+    return Path(path)
+
+
+def resnet18_onnx(path: str | Path, *, image: int = 224, classes: int = 1000, seed: int = 0) -> Path:
+    """ResNet-18's layout with random weights (speed only: a random-weight network says nothing about accuracy)."""
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, 64, 7, 2)
+    x = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for si, width in enumerate((64, 128, 256, 512)):
+        for bi in range(2):
+            stride = 2 if (si > 0 and bi == 0) else 1
+            y = b.conv_bn(x, cin, width, 3, stride)
+            y = b.conv_bn(y, width, width, 3, relu=False)
+            shortcut = x if (stride == 1 and cin == width) else b.conv_bn(x, cin, width, 1, stride, relu=False)
+            x = b.node("Relu", [b.node("Add", [y, shortcut])])
+            cin = width
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
+    w = b.const(b.rng.standard_normal((classes, cin)).astype(np.float32) * np.sqrt(1.0 / cin), "fc_w")
+    b.nodes.append(helper.make_node("Gemm", [x, w, b.const(np.zeros(classes, np.float32), "fc_b")], ["logits"],
+                                    name="fc", transB=1))
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, image, image])],
+                    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], 17)
+    check_model(model, what="resnet18 benchmark model")
     save_onnx(model, Path(path))
     return Path(path)
 

@@ -29,6 +29,9 @@ class PassContext:
 
     work_dir: Path
     calibration: Any = None
+    #: data held out from calibration for accuracy decisions (``--accuracy-budget``), a CalibrationData: the
+    #: user's evaluation data when given; None: a pass that needs it holds out part of its calibration data
+    held_out: Any = None
     log: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
 

@@ -1,10 +1,12 @@
 """Calibration statistics for static quantization, collected once and cached.
 
-One pass over the calibration data records, for every float activation tensor, its min/max, a signed histogram
-(for ``entropy``) and a histogram of absolute values (for ``percentile``), using ONNX Runtime's own
-``HistogramCollector``. The statistics are saved under a key made of the model's SHA-256, the data's fingerprint
-and the histogram settings, so trying another calibration method (or another percentile) reuses them instead of
-running the model again.
+One pass over the calibration data records, for every float activation tensor, its min/max and, when a method
+needs them (``entropy``, ``percentile``), a signed histogram (for ``entropy``) and a histogram of absolute values
+(for ``percentile``), using ONNX Runtime's own ``HistogramCollector``. ``minmax`` (the default) collects no
+histograms: building them costs more than running the model (about 2/3 of the time of ``simplify,int8`` on
+ResNet-18, see docs/benchmarks.md). The statistics are saved under a key made of the model's SHA-256, the data's
+fingerprint and the histogram settings (or ``minmax``), so trying another percentile or the other histogram method
+reuses them instead of running the model again; histogram statistics also serve ``minmax``.
 
 Ranges per method follow ONNX Runtime's calibrators: ``minmax`` = observed range; ``percentile`` = symmetric
 percentile of |x| clipped to the observed range; ``entropy`` = the KL-divergence threshold of TensorRT's
@@ -56,12 +58,18 @@ class CalibrationStatistics:
     def tensors(self) -> list[str]:
         return sorted(self.minmax)
 
+    @property
+    def has_histograms(self) -> bool:
+        return bool(self.value_hist) or not self.minmax
+
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {}
         names = self.tensors
         for i, name in enumerate(names):
             lo, hi = self.minmax[name]
             arrays[f"{i}.minmax"] = np.array([lo, hi], dtype=np.float32)
+            if name not in self.value_hist:
+                continue
             vh = self.value_hist[name]
             arrays[f"{i}.vhist"], arrays[f"{i}.vedges"] = vh[0], vh[1]
             arrays[f"{i}.vmeta"] = np.array([vh[2], vh[3], vh[4]], dtype=np.float32)
@@ -85,6 +93,8 @@ class CalibrationStatistics:
             for i, name in enumerate(names):
                 lo, hi = npz[f"{i}.minmax"]
                 stats.minmax[name] = (np.float32(lo), np.float32(hi))
+                if f"{i}.vmeta" not in npz.files:
+                    continue
                 vmin, vmax, vthr = npz[f"{i}.vmeta"]
                 stats.value_hist[name] = (npz[f"{i}.vhist"], npz[f"{i}.vedges"], np.float32(vmin), np.float32(vmax),
                                           np.float32(vthr))
@@ -108,12 +118,31 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
     return list(seen)
 
 
-def statistics_key(model_sha256: str, data: CalibrationData, entropy_bins: int, percentile_bins: int) -> str:
-    text = f"v{STATS_VERSION}|{model_sha256}|{data.fingerprint()}|{entropy_bins}|{percentile_bins}"
+def statistics_key(model_sha256: str, data: CalibrationData, entropy_bins: int | None,
+                   percentile_bins: int | None) -> str:
+    """Cache key; ``None`` bins: min/max only."""
+    kind = "minmax" if entropy_bins is None else f"{entropy_bins}|{percentile_bins}"
+    text = f"v{STATS_VERSION}|{model_sha256}|{data.fingerprint()}|{kind}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 _MEMORY_CACHE: dict[str, CalibrationStatistics] = {}
+
+
+def _cached(key: str, cache_dir: Path | None) -> CalibrationStatistics | None:
+    if key in _MEMORY_CACHE:
+        c = _MEMORY_CACHE[key]
+        return CalibrationStatistics(key, c.minmax, c.value_hist, c.abs_hist, from_cache=True)
+    path = cache_dir / f"{key}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            stats = CalibrationStatistics.load(path, key)
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed and overwritten, not trusted
+            path.unlink(missing_ok=True)
+        else:
+            _MEMORY_CACHE[key] = stats
+            return stats
+    return None
 
 
 def collect_statistics(
@@ -125,33 +154,41 @@ def collect_statistics(
     entropy_bins: int = 2048,
     percentile_bins: int = 2048,
     cache_dir: Path | None = None,
+    histograms: bool = True,
 ) -> CalibrationStatistics:
     """Statistics of every activation tensor of ``model`` (shape-inferred) over ``data``; cached by key.
 
-    ``cache_dir=None`` keeps the statistics in memory only (for this process)."""
-    key = statistics_key(model_sha256, data, entropy_bins, percentile_bins)
-    if key in _MEMORY_CACHE:
-        cached = _MEMORY_CACHE[key]
-        return CalibrationStatistics(key, cached.minmax, cached.value_hist, cached.abs_hist, from_cache=True)
-    path = cache_dir / f"{key}.npz" if cache_dir else None
-    if path is not None and path.exists():
-        try:
-            stats = CalibrationStatistics.load(path, key)
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed and overwritten, not trusted
-            path.unlink(missing_ok=True)
-        else:
-            _MEMORY_CACHE[key] = stats
-            return stats
-    stats = _run_and_collect(model, data, work_dir, entropy_bins, percentile_bins)
+    ``histograms=False`` collects min/max only (enough for ``minmax``; cached statistics with histograms are used
+    when present). ``cache_dir=None`` keeps the statistics in memory only (for this process)."""
+    full_key = statistics_key(model_sha256, data, entropy_bins, percentile_bins)
+    key = full_key if histograms else statistics_key(model_sha256, data, None, None)
+    for candidate in ([full_key] if histograms else [key, full_key]):
+        found = _cached(candidate, cache_dir)
+        if found is not None:
+            return found
+    stats = _run_and_collect(model, data, work_dir, entropy_bins, percentile_bins, histograms)
     stats.key = key
     _MEMORY_CACHE[key] = stats
-    if path is not None:
-        stats.save(path)
+    if cache_dir is not None:
+        stats.save(cache_dir / f"{key}.npz")
     return stats
 
 
+_F32 = np.finfo(np.float32)
+
+
+def _finite_minmax(arr: np.ndarray) -> tuple[np.float32, np.float32]:
+    """(min, max) ignoring NaN, with +-inf (masks) clamped to the float32 extremes (no copy of ``arr``)."""
+    lo, hi = arr.min(), arr.max()
+    if np.isnan(lo) or np.isnan(hi):
+        lo, hi = np.nanmin(arr), np.nanmax(arr)
+        if np.isnan(lo):  # all NaN
+            lo = hi = 0.0
+    return np.float32(np.clip(lo, _F32.min, _F32.max)), np.float32(np.clip(hi, _F32.min, _F32.max))
+
+
 def _run_and_collect(model: onnx.ModelProto, data: CalibrationData, work_dir: Path, entropy_bins: int,
-                     percentile_bins: int) -> CalibrationStatistics:
+                     percentile_bins: int, histograms: bool = True) -> CalibrationStatistics:
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import HistogramCollector
 
@@ -185,25 +222,26 @@ def _run_and_collect(model: onnx.ModelProto, data: CalibrationData, work_dir: Pa
             outs = session.run(names, feed)
         except Exception as exc:
             raise OptimizationError(f"calibration run failed on feed {k}: {str(exc).strip()}") from exc
-        # +-inf (masks) become the float32 extremes so histograms stay finite; such tensors are then left in
-        # float by the sentinel rule of the int8 pass
-        batch = {n: np.nan_to_num(np.asarray(v, dtype=np.float32), nan=0.0) for n, v in zip(names, outs) if n in wanted}
-        for n, arr in batch.items():
-            if arr.size == 0:
-                continue
-            lo, hi = np.float32(np.nanmin(arr)), np.float32(np.nanmax(arr))
+        raw = {n: np.asarray(v) for n, v in zip(names, outs) if n in wanted and np.size(v)}
+        for n, arr in raw.items():
+            lo, hi = _finite_minmax(arr)
             old = stats.minmax.get(n)
             stats.minmax[n] = (min(old[0], lo), max(old[1], hi)) if old else (lo, hi)
-        batch = {n: a for n, a in batch.items() if a.size}
+        if not histograms:
+            continue
+        # +-inf (masks) become the float32 extremes so histograms stay finite; such tensors are then left in
+        # float by the sentinel rule of the int8 pass
+        batch = {n: np.nan_to_num(np.asarray(v, dtype=np.float32), nan=0.0) for n, v in raw.items()}
         with contextlib.redirect_stdout(io.StringIO()), np.errstate(over="ignore", invalid="ignore"):
             # HistogramCollector prints progress; extreme (sentinel) ranges overflow float32 edge arithmetic
             value.collect_value(batch)
             absolute.collect_absolute_value(batch)
-    stats.value_hist = dict(value.histogram_dict)
-    stats.abs_hist = dict(absolute.histogram_dict)
-    for name in list(stats.minmax):
-        if name not in stats.value_hist or name not in stats.abs_hist:
-            del stats.minmax[name]
+    if histograms:
+        stats.value_hist = dict(value.histogram_dict)
+        stats.abs_hist = dict(absolute.histogram_dict)
+        for name in list(stats.minmax):
+            if name not in stats.value_hist or name not in stats.abs_hist:
+                del stats.minmax[name]
     return stats
 
 
@@ -286,6 +324,8 @@ def compute_ranges(stats: CalibrationStatistics, method: Method, *, percentile: 
     if not 0 < percentile <= 100:
         raise OptimizationError(f"percentile must be in (0, 100], got {percentile}")
     ranges: dict[str, TensorData] = {}
+    if method != "minmax" and not stats.has_histograms:
+        raise OptimizationError(f"calibration method '{method}' needs histograms; these statistics have min/max only")
     for name in stats.tensors:
         if method == "minmax":
             lo, hi = stats.minmax[name]

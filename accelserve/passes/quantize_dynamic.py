@@ -21,7 +21,12 @@ from accelserve.onnx_io import save_onnx
 from accelserve.passes.base import Pass, PassConfig, PassContext
 from accelserve.passes.quantize_cpu import cpu_features, u8s8_saturates
 from accelserve.passes.quantize_layout import name_nodes, refuse_quantized, sort_topologically
-from accelserve.passes.quantize_sensitivity import SensitivityMetric, SensitivityMode, sensitivity_search
+from accelserve.passes.quantize_sensitivity import (
+    SensitivityMetric,
+    SensitivityMode,
+    budget_data,
+    sensitivity_search,
+)
 
 
 class Int8DynamicConfig(PassConfig):
@@ -108,12 +113,17 @@ class Int8DynamicPass(Pass[Int8DynamicConfig]):
                 raise OptimizationError("sensitivity analysis and --accuracy-budget need data to measure errors on",
                                         hint="pass --calib DATA")
             layers = [(n.name, n.op_type) for n in before if n.name not in excluded]
+            if cfg.accuracy_budget is not None:  # decided on held-out data (no statistics to take from it here)
+                held = budget_data(context.calibration, context.held_out)
+                feeds, where = held.feeds, held.source
+            else:
+                feeds = context.calibration.feeds()[: cfg.sensitivity_feeds]
+                where = f"the first {len(feeds)} calibration feeds"
             sensitivity = sensitivity_search(
                 named, lambda only, exclude: quantize_integer_ops(floating, cfg, weight_type, reduce_range,
                                                                   exclude=exclude, only=only),
-                layers, excluded, context.calibration.feeds()[: cfg.sensitivity_feeds],
-                metric=cfg.sensitivity_metric, mode=cfg.sensitivity_mode, budget=cfg.accuracy_budget,
-                probe_path=context.work_dir / "probe.onnx",
+                layers, excluded, feeds, metric=cfg.sensitivity_metric, mode=cfg.sensitivity_mode,
+                budget=cfg.accuracy_budget, probe_path=context.work_dir / "probe.onnx", decided_on=where,
             )
             excluded += sensitivity.excluded_for_budget
         quantized = quantize_integer_ops(floating, cfg, weight_type, reduce_range, exclude=excluded)
@@ -148,6 +158,7 @@ class Int8DynamicPass(Pass[Int8DynamicConfig]):
             if cfg.accuracy_budget is not None:
                 context.log.append(f"accuracy budget {cfg.accuracy_budget:g}: kept "
                                    f"{len(sensitivity.excluded_for_budget)} node(s) in float, error "
-                                   f"{sensitivity.final_error:.4g}")
+                                   f"{sensitivity.final_error:.4g} on {sensitivity.decided_on} "
+                                   f"({sensitivity.samples} samples)")
         return model.derive(output, self.name, precision="int8")
 

@@ -1,6 +1,12 @@
 """Per-layer sensitivity of INT8 quantization, and excluding the worst layers until an accuracy budget is met.
 
-Errors are measured against the float model's outputs on (a few feeds of) the calibration data:
+Errors are measured against the float model's outputs. Ranking alone (``sensitivity``) uses a few calibration
+feeds; an accuracy budget is decided on data the calibration did not see (:func:`budget_data`): the user's
+held-out evaluation data when given, else a held-out split of the calibration data (the last quarter of it), and
+the statistics are then collected on the rest. A budget that cannot be met is an :class:`AccuracyBudgetError`
+(exit 2) with the figures.
+
+Metrics:
 
 * ``top1``: top-1 disagreement with the float model, in percentage points (classifiers);
 * ``cosine``: 1 - cosine similarity of the outputs (worst output);
@@ -20,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from accelserve.errors import OptimizationError
+from accelserve.errors import AccuracyBudgetError, OptimizationError
 from accelserve.evaluate.accuracy import compare_outputs, concat_outputs, is_classifier_output
 
 SensitivityMetric = Literal["auto", "top1", "cosine", "rel_l2", "sample_cosine"]
@@ -64,6 +70,50 @@ def output_error(float_outputs: Outputs, quant_outputs: Outputs, metric: Resolve
     return stats.rel_l2_error
 
 
+#: share of the calibration feeds held out for the accuracy budget when no evaluation data is given
+HELD_OUT_SHARE = 0.25
+
+
+@dataclass
+class BudgetData:
+    """Where an accuracy budget is decided: ``feeds`` (held out), and the ``calibration`` left for statistics."""
+
+    calibration: Any  #: CalibrationData for the statistics (all of it when the held-out data came separately)
+    feeds: list[dict[str, np.ndarray]]
+    source: str  #: for reports: what the feeds are
+
+    @property
+    def samples(self) -> int:
+        first = next(iter(self.feeds[0]))
+        return sum(int(f[first].shape[0]) if np.ndim(f[first]) else 1 for f in self.feeds)
+
+
+def budget_data(calibration: Any, held_out: Any = None, share: float = HELD_OUT_SHARE) -> BudgetData:
+    """The data an accuracy budget is decided on: ``held_out`` (a CalibrationData, e.g. ``--eval-data``) when
+    given, else the last ``share`` of the calibration feeds (at least one), the rest staying for calibration.
+    One feed is first re-cut into four along the batch axis. Raises OptimizationError when nothing can be held out."""
+    from accelserve.calibration import CalibrationData
+
+    if held_out is not None:
+        feeds = held_out.feeds()
+        return BudgetData(calibration, feeds, f"held-out data {held_out.source}")
+    feeds = calibration.feeds()
+    if len(feeds) < 2 and calibration.samples >= 2:
+        try:
+            feeds = calibration.rebatch(-(-calibration.samples // 4))
+        except Exception:  # a fixed batch axis: cannot re-cut
+            feeds = calibration.feeds()
+    if len(feeds) < 2:
+        raise OptimizationError(
+            "the accuracy budget is decided on data held out from calibration, but the calibration data is one "
+            "feed that cannot be split",
+            hint="pass --eval-data with held-out data, or calibration data with several feeds (--calib-batch)")
+    k = max(1, round(len(feeds) * share))
+    rest = CalibrationData(source=f"{calibration.source} (first {len(feeds) - k} of {len(feeds)} feeds)",
+                           inputs=calibration.inputs, _feeds=feeds[:-k], is_random=calibration.is_random)
+    return BudgetData(rest, feeds[-k:], f"the last {k} of {len(feeds)} calibration feeds, held out from calibration")
+
+
 @dataclass
 class LayerSensitivity:
     node: str
@@ -80,6 +130,8 @@ class SensitivityResult:
     budget: float | None = None
     excluded_for_budget: list[str] = field(default_factory=list)
     final_error: float | None = None
+    decided_on: str | None = None  #: the data the errors were measured on
+    samples: int | None = None  #: samples of that data
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,9 +176,10 @@ def meet_budget(result: SensitivityResult, error_of: ErrorOf, user_excluded: lis
     result.excluded_for_budget = excluded
     result.final_error = error
     if error > budget:
-        raise OptimizationError(
-            f"the accuracy budget {budget:g} ({result.metric}) cannot be met: with all {len(excluded)} ranked layers "
-            f"in float the error is still {error:.4g}",
+        raise AccuracyBudgetError(
+            f"the accuracy budget {budget:g} ({result.metric}) cannot be met on {result.decided_on or 'the data'}"
+            f"{f' ({result.samples} samples)' if result.samples else ''}: all quantized {result.full_error:.4g}, "
+            f"with all {len(excluded)} ranked layers in float still {error:.4g}",
             hint="raise --accuracy-budget, exclude other op types (--exclude-op-types), or try another --method",
         )
     return excluded
@@ -143,6 +196,7 @@ def sensitivity_search(
     mode: SensitivityMode,
     budget: float | None,
     probe_path: Any,
+    decided_on: str | None = None,
 ) -> SensitivityResult:
     """Rank ``layers`` and, with a ``budget``, pick the ones to keep in float.
 
@@ -159,6 +213,16 @@ def sensitivity_search(
 
     full_error = error_of(None, user_excluded)
     result = analyze(layers, error_of, mode, user_excluded, full_error, resolved)
+    result.decided_on = decided_on
+    first = next(iter(feeds[0]))
+    result.samples = sum(int(f[first].shape[0]) if np.ndim(f[first]) else 1 for f in feeds)
     if budget is not None:
         meet_budget(result, error_of, user_excluded, budget)
     return result
+
+
+def model_error(float_path: Any, other_path: Any, feeds: list[dict[str, np.ndarray]], metric: str) -> float:
+    """Error (``metric``, resolved) of ``other_path`` against ``float_path`` on ``feeds``."""
+    from accelserve.evaluate._ort import run_model
+
+    return output_error(run_model(float_path, feeds), run_model(other_path, feeds), metric)  # type: ignore[arg-type]

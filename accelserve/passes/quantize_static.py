@@ -36,7 +36,13 @@ from accelserve.passes.quantize_layout import (
     sentinel_nodes,
     sort_topologically,
 )
-from accelserve.passes.quantize_sensitivity import SensitivityMetric, SensitivityMode, sensitivity_search
+from accelserve.passes.quantize_sensitivity import (
+    BudgetData,
+    SensitivityMetric,
+    SensitivityMode,
+    budget_data,
+    sensitivity_search,
+)
 
 
 class Int8Config(PassConfig):
@@ -127,12 +133,17 @@ class Int8StaticPass(Pass[Int8Config]):
                                     hint="pass --calib DATA, or --random-calib for a smoke test")
         source = model.load()
         refuse_quantized(source)
+        held: BudgetData | None = None
+        if cfg.accuracy_budget is not None:  # decided on held-out data; statistics from the rest
+            held = budget_data(calib, context.held_out)
+            calib = held.calibration
         floating = prepare_float_model(source, context.work_dir)
         cache_dir = None
         if cfg.use_calibration_cache:
             cache_dir = Path(cfg.calibration_cache) if cfg.calibration_cache else default_cache_dir()
         stats = collect_statistics(floating, model.sha256(), calib, context.work_dir, entropy_bins=cfg.entropy_bins,
-                                   percentile_bins=cfg.percentile_bins, cache_dir=cache_dir)
+                                   percentile_bins=cfg.percentile_bins, cache_dir=cache_dir,
+                                   histograms=cfg.method != "minmax")
         ranges = compute_ranges(stats, cfg.method, percentile=cfg.percentile,
                                 entropy_quantized_bins=cfg.entropy_quantized_bins)
         layout = choose_layout(cfg.target, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
@@ -147,7 +158,7 @@ class Int8StaticPass(Pass[Int8Config]):
                     why[node] = reason
         sensitivity = None
         if cfg.sensitivity or cfg.accuracy_budget is not None:
-            sensitivity = self._sensitivity(floating, model.path, ranges, layout, excluded, calib, context)
+            sensitivity = self._sensitivity(floating, model.path, ranges, layout, excluded, calib, context, held)
             for node in sensitivity.excluded_for_budget:
                 excluded.append(node)
                 why[node] = f"kept in float to meet the accuracy budget {cfg.accuracy_budget:g}"
@@ -184,16 +195,19 @@ class Int8StaticPass(Pass[Int8Config]):
             log += sensitivity.table()
             if cfg.accuracy_budget is not None:
                 log.append(f"accuracy budget {cfg.accuracy_budget:g}: kept {len(sensitivity.excluded_for_budget)} "
-                           f"layer(s) in float, error {sensitivity.final_error:.4g}")
+                           f"layer(s) in float, error {sensitivity.final_error:.4g} on {sensitivity.decided_on} "
+                           f"({sensitivity.samples} samples)")
         return model.derive(output, self.name, precision="int8")
 
     def _sensitivity(self, floating: onnx.ModelProto, float_path: Path, ranges: Any, layout: QuantLayout,
-                     excluded: list[str], calib: CalibrationData, context: PassContext):
+                     excluded: list[str], calib: CalibrationData, context: PassContext, held: BudgetData | None):
         cfg = self.config
         layers = [(n.name, n.op_type) for n in compute_nodes(floating)
                   if n.name not in excluded and n.op_type in layout.op_types]
+        feeds = held.feeds if held else calib.feeds()[: cfg.sensitivity_feeds]
+        where = held.source if held else f"the first {len(feeds)} calibration feeds"
         return sensitivity_search(
             float_path, lambda only, exclude: quantize_qdq(floating, ranges, layout, exclude=exclude, only=only),
-            layers, excluded, calib.feeds()[: cfg.sensitivity_feeds], metric=cfg.sensitivity_metric,
-            mode=cfg.sensitivity_mode, budget=cfg.accuracy_budget, probe_path=context.work_dir / "probe.onnx",
+            layers, excluded, feeds, metric=cfg.sensitivity_metric, mode=cfg.sensitivity_mode,
+            budget=cfg.accuracy_budget, probe_path=context.work_dir / "probe.onnx", decided_on=where,
         )

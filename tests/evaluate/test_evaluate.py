@@ -113,9 +113,33 @@ def test_fixed_batch_model_cannot_be_timed_at_another_batch(tmp_path: Path) -> N
         measure_latency(tmp_path / "fixed.onnx", cnn_feeds(batch=2), batch_size=4, min_runs=1)
 
 
+def _matmul_model(path: Path, rows: int, cols: int) -> Path:
+    w = numpy_helper.from_array(np.full((rows, cols), 0.01, np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", rows])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", cols])], initializer=[w])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def test_peak_memory_is_measured_in_a_fresh_process(cnn: Path) -> None:
     mem = peak_memory(cnn, cnn_feeds(count=1), threads=1)
     assert mem.peak_rss_bytes >= mem.baseline_rss_bytes > 10_000_000  # python + onnxruntime are > 10 MB
+    # the peak counter is reset after the imports: even a tiny session shows up (it used to read 0)
+    assert mem.method == "vmhwm-reset" and mem.session_bytes > 0
+
+
+def test_peak_memory_of_a_model_grows_with_its_weights(tmp_path: Path) -> None:
+    small = _matmul_model(tmp_path / "small.onnx", 256, 256)  # 0.26 MB of weights
+    big = _matmul_model(tmp_path / "big.onnx", 2048, 8192)  # 67 MB of weights
+    mem_small = peak_memory(small, [{"x": np.ones((1, 256), np.float32)}], threads=1, runs=1)
+    mem_big = peak_memory(big, [{"x": np.ones((1, 2048), np.float32)}], threads=1, runs=1)
+    assert 0 < mem_small.session_bytes < 30_000_000
+    assert mem_big.session_bytes - mem_small.session_bytes > 60_000_000
+    assert mem_big.peak_rss_bytes - mem_small.peak_rss_bytes > 60_000_000
 
 
 def test_report_json_markdown_and_png(cnn: Path, tmp_path: Path) -> None:
@@ -127,8 +151,8 @@ def test_report_json_markdown_and_png(cnn: Path, tmp_path: Path) -> None:
     files = report.write(json=tmp_path / "r.json", markdown=tmp_path / "r.md", plot=tmp_path / "r.png")
     assert [f.name for f in files] == ["r.json", "r.md", "r.png"]
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert set(doc) == {"schema_version", "smoke_only", "data", "threads", "batch_sizes", "metric_name", "machine",
-                        "base", "candidates"}
+    assert set(doc) == {"schema_version", "smoke_only", "accuracy_meaningful", "accuracy_warnings", "data", "threads",
+                        "batch_sizes", "metric_name", "machine", "base", "candidates", "gates", "gates_passed"}
     assert doc["smoke_only"] is False and doc["metric_name"] == "top1_accuracy"
     same, diff = doc["candidates"]
     assert set(same) >= {"name", "size", "flops", "accuracy", "metric", "metric_drop", "latency", "memory",
@@ -157,3 +181,62 @@ def test_evaluate_cli_writes_json_and_fails_cleanly(cnn: Path, tmp_path: Path, c
     assert main(["evaluate", str(cnn), str(tmp_path / "missing.onnx"), "--random-data", "--no-speed",
                  "--no-memory"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def _nearly_constant_cnn(path: Path, cnn: Path) -> Path:
+    """The tiny CNN with a head whose output barely depends on the input (like a random-weight network: one class
+    for every input, outputs of different inputs at cosine ~1)."""
+    model = onnx.load(str(cnn))
+    for init in model.graph.initializer:
+        if init.name == "wf":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1e-3, "wf"))
+        if init.name == "bf":
+            init.CopyFrom(numpy_helper.from_array(np.array([3.0, 1.0, 0.5, -1.0, 0.0], np.float32), "bf"))
+    onnx.save(model, str(path))
+    return path
+
+
+def _perturbed_head(path: Path, base: Path, scale: float, seed: int = 1) -> Path:
+    model = onnx.load(str(base))
+    rng = np.random.default_rng(seed)
+    for init in model.graph.initializer:
+        if init.name == "wf":
+            w = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array((w + scale * rng.standard_normal(w.shape)).astype(np.float32), "wf"))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_agreement_with_a_degenerate_base_is_flagged_not_meaningful(cnn: Path, tmp_path: Path) -> None:
+    base = _nearly_constant_cnn(tmp_path / "flat.onnx", cnn)
+    cand = _perturbed_head(tmp_path / "flat_cand.onnx", base, 1e-3)  # changes the input-dependent part entirely
+    feeds = cnn_feeds(count=2)  # 16 samples
+    stats = accuracy_vs_base(base, cand, feeds)
+    # the raw figures look perfect ...
+    assert stats.cosine > 0.999 and stats.top1_agreement == 1.0
+    # ... but carry no information, and say so; the centred cosine shows the candidate is unrelated
+    assert not stats.meaningful and stats.degenerate_base
+    assert stats.dominant_class == 0 and stats.dominant_class_share == 1.0
+    assert any("predicts class 0 for 100% of the 16 inputs" in r for r in stats.not_meaningful)
+    assert any("barely depends on the input" in r for r in stats.not_meaningful)
+    assert stats.centered_cosine < 0.9
+    report = evaluate_models(base, [cand], feeds, speed=False, memory=False, names=["cand"])
+    doc = report.to_dict()
+    assert doc["accuracy_meaningful"] is False and doc["accuracy_warnings"][0].startswith("cand: degenerate base")
+    acc = doc["candidates"][0]["accuracy"]
+    assert acc["meaningful"] is False and acc["degenerate_base"] is True and acc["centered_cosine"] < 0.9
+    md = report.markdown()
+    assert "cosine and top-1 agreement with the base are not meaningful" in md
+    assert "100.00% (not meaningful)" in md and "centred cosine" in md
+
+
+def test_agreement_with_an_input_dependent_base_is_meaningful(cnn: Path, tmp_path: Path) -> None:
+    cand = _perturbed_head(tmp_path / "cand.onnx", cnn, 0.01)
+    stats = accuracy_vs_base(cnn, cand, cnn_feeds(count=4))
+    assert stats.meaningful and not stats.not_meaningful and stats.input_spread > 0.1
+    assert 0.95 < stats.centered_cosine < stats.cosine  # the input-dependent part is the stricter figure
+    md = evaluate_models(cnn, [cand], cnn_feeds(count=4), speed=False, memory=False).markdown()
+    assert "not meaningful" not in md
+    # an error as large as the base's variation across inputs makes the raw figures uninformative too
+    bad = accuracy_vs_base(cnn, _perturbed_head(tmp_path / "bad.onnx", cnn, 5.0), cnn_feeds(count=4))
+    assert not bad.meaningful and not bad.degenerate_base and "the candidate's error is" in bad.not_meaningful[0]

@@ -151,7 +151,8 @@ class Scorer:
             "error": self.error_of_outputs(outs),
             "accuracy": None if self.labels is None else labelled_metric(outs, self.labels, self.metric),
             "top1_agreement": stats.top1_agreement, "rel_l2_error": stats.rel_l2_error,
-            "max_abs_error": stats.max_abs_error, "cosine": stats.cosine,
+            "max_abs_error": stats.max_abs_error, "cosine": stats.cosine, "centered_cosine": stats.centered_cosine,
+            "not_meaningful": list(stats.not_meaningful),
         }
 
     def describe_line(self, base: dict[str, Any], result: dict[str, Any], what: str = "pruned") -> str:
@@ -160,5 +161,9 @@ class Scorer:
         if result.get("accuracy") is not None:
             return (f"held-out accuracy: base {100 * base['accuracy']:.2f}%, {what} {100 * result['accuracy']:.2f}% "
                     f"({self.error_kind}: {result['error']:.3g}){smoke}")
+        caveat = ""
+        if result.get("not_meaningful"):
+            caveat = (f" [NOT MEANINGFUL: {result['not_meaningful'][0]}; centred cosine "
+                      f"{result['centered_cosine']:.4f}; use labelled data and a trained model]")
         return (f"held-out {self.error_kind}: {result['error']:.4g} "
-                f"(output relative L2 error {result['rel_l2_error']:.4g}){smoke}")
+                f"(output relative L2 error {result['rel_l2_error']:.4g}){smoke}{caveat}")

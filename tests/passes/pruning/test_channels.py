@@ -163,3 +163,12 @@ def test_nothing_prunable_is_an_optimization_error(tmp_path: Path) -> None:
     with pytest.raises(OptimizationError, match="no channel group it can prune.*grouped Conv 'grouped'"):
         prune(path, tmp_path / "out.onnx", {"reconstruct": False}, None)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_agreement_on_a_random_weight_model_is_flagged_not_meaningful(model_path: Path, calib: CalibrationData,
+                                                                      tmp_path: Path) -> None:
+    # random weights: the base puts every input in one class, so "0 points disagreement" is no evidence
+    _, ctx = prune(model_path, tmp_path / "p.onnx", {"ratio": 0.5}, calib)
+    final = ctx.log[-1]
+    assert "held-out top-1 disagreement" in final and "NOT MEANINGFUL: degenerate base" in final
+    assert "centred cosine" in final
