@@ -149,7 +149,8 @@ def cache_from_calibration(model_path: str | Path, calibration, *, method: str =
     model = onnx.shape_inference.infer_shapes(load_onnx(model_path))
     sha = ModelArtifact(Path(model_path)).sha256
     with tempfile.TemporaryDirectory(prefix="accelserve-trtcache-", dir=work_dir) as tmp:
-        stats = collect_statistics(model, sha, calibration, Path(tmp), cache_dir=default_cache_dir())
+        stats = collect_statistics(model, sha, calibration, Path(tmp), cache_dir=default_cache_dir(),
+                                   histograms=method != "minmax")
     data = compute_ranges(stats, method, percentile=percentile)
     ranges = {name: (float(np.asarray(td.range_value[0])), float(np.asarray(td.range_value[1])))
               for name, td in data.data.items()}
