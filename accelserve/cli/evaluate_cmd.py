@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", help="MODULE:FN (outputs dict, labels) -> float, higher is better; default top-1")
     p.add_argument("--batch-sizes", type=_csv_ints, default=[1], help="batch sizes to time (default 1)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores of this process)")
+    p.add_argument("--runtime", default=None,
+                   help="run every model with this accelserve.runtimes plugin (onnxruntime-cuda, onnxruntime-tensorrt, "
+                   "tensorrt on a GPU; default: ONNX Runtime on the CPU)")
     p.add_argument("--max-seconds", type=float, default=10.0, help="time limit per latency measurement")
     p.add_argument("--no-speed", action="store_true", help="skip latency/throughput")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_models(
         args.base, args.candidates, data, labels=labels, metric=args.metric, batch_sizes=args.batch_sizes,
         threads=args.threads, speed=not args.no_speed, memory=not args.no_memory, max_seconds=args.max_seconds,
+        runtime=args.runtime,
     )
     if gates.enabled:
         report.apply_gates(gates)

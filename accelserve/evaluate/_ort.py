@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,36 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def make_session(model_path: str | Path, threads: int | None = None) -> Any:
+DEFAULT_RUNTIME = "onnxruntime"
+
+
+class RuntimeSession:
+    """A session of another ``accelserve.runtimes`` plugin (GPU runtimes), seen through the few ONNX Runtime
+    session methods the measurements use (``get_inputs``, ``get_outputs``, ``run``). Its ``run`` returns host
+    arrays only after the device finished, so wall-clock timing around it is synchronised."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def get_inputs(self) -> list[Any]:
+        return [SimpleNamespace(name=i.name, shape=list(i.shape)) for i in self._session.inputs]
+
+    def get_outputs(self) -> list[Any]:
+        return [SimpleNamespace(name=o.name) for o in self._session.outputs]
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = self._session.run(feed, names)
+        return [out[n] for n in names]
+
+
+def make_session(model_path: str | Path, threads: int | None = None, runtime: str | None = None) -> Any:
+    """An ONNX Runtime CPU session (the default), or a session of the ``runtime`` plugin."""
+    if runtime not in (None, DEFAULT_RUNTIME):
+        from accelserve import plugins
+
+        runtime_cls = plugins.load("runtimes", runtime)
+        loader = runtime_cls() if isinstance(runtime_cls, type) else runtime_cls
+        return RuntimeSession(loader.load(model_path, threads=threads))
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,8 +72,8 @@ def run_session(session: Any, feed: dict[str, np.ndarray], model_path: str | Pat
         raise InvalidInputError(f"ONNX Runtime failed to run {model_path}: {str(exc).strip()}") from exc
 
 
-def run_model(model_path: str | Path, feeds: list[dict[str, np.ndarray]], threads: int | None = None
-              ) -> list[dict[str, np.ndarray]]:
+def run_model(model_path: str | Path, feeds: list[dict[str, np.ndarray]], threads: int | None = None,
+              runtime: str | None = None) -> list[dict[str, np.ndarray]]:
     """Outputs of ``model_path`` for each feed."""
-    session = make_session(model_path, threads)
+    session = make_session(model_path, threads, runtime)
     return [run_session(session, feed, model_path) for feed in feeds]

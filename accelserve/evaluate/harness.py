@@ -166,8 +166,12 @@ def evaluate_models(
     memory: bool = True,
     names: Sequence[str] | None = None,
     max_seconds: float = 10.0,
+    runtime: str | None = None,
 ) -> EvaluationReport:
     """Evaluate ``base`` and each candidate on the same feeds.
+
+    ``runtime`` runs every model with that ``accelserve.runtimes`` plugin (e.g. ``onnxruntime-cuda``, ``tensorrt``)
+    instead of ONNX Runtime on the CPU; peak memory is measured for the CPU runtime only.
 
     Accuracy is measured against the base model's outputs, and against ``labels`` (aligned with the samples along
     axis 0 of all feeds) with ``metric`` (default: top-1 accuracy) when labels are given.
@@ -187,7 +191,7 @@ def evaluate_models(
     metric_name = resolve_metric(metric)[0] if labels is not None else None
 
     def one(path: str | Path, name: str, base_outputs: list | None) -> tuple[ModelEvaluation, list]:
-        outputs = run_model(path, feeds, threads)
+        outputs = run_model(path, feeds, threads, runtime)
         count = flops(path)
         ev = ModelEvaluation(name=name, path=str(path), size=size_stats(path),
                              flops=None if count.unknown else count.total)
@@ -195,7 +199,7 @@ def evaluate_models(
             ev.accuracy = compare_outputs(base_outputs, outputs)
         if labels is not None:
             ev.metric = labelled_metric(outputs, labels, metric)
-        if memory:
+        if memory and runtime in (None, "onnxruntime"):
             ev.memory = peak_memory(path, feeds, threads)
         return ev, outputs
 
@@ -207,10 +211,12 @@ def evaluate_models(
         for ev in evals:
             ev.latency = []
         for b in batch_sizes:
-            stats = measure_latencies([base, *candidates], feeds, b, threads, max_seconds=max_seconds)
+            stats = measure_latencies([base, *candidates], feeds, b, threads, max_seconds=max_seconds,
+                                      runtime=runtime)
             for ev, st in zip(evals, stats):
                 ev.latency.append(st)
     return EvaluationReport(
         base=base_eval, candidates=cand_evals, data=data_info, threads=threads,
-        batch_sizes=list(batch_sizes) if speed else [], metric_name=metric_name, machine=machine_info(),
+        batch_sizes=list(batch_sizes) if speed else [], metric_name=metric_name,
+        machine={**machine_info(), "runtime": runtime or "onnxruntime"},
     )

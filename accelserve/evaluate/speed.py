@@ -87,12 +87,13 @@ def measure_latencies(
     min_runs: int = 20,
     max_seconds: float = 10.0,
     rel_tolerance: float = 0.02,
+    runtime: str | None = None,
 ) -> list[LatencyStats]:
     """Time several models on the same batch, interleaved: every round runs each model ``min_runs`` times in turn,
     until every model's median moves by less than ``rel_tolerance`` between rounds, or ``max_seconds`` per model
     have passed. Returns one LatencyStats per model, in order."""
     threads = threads or default_threads()
-    sessions = [make_session(p, threads) for p in model_paths]
+    sessions = [make_session(p, threads, runtime) for p in model_paths]
     batches = [make_batch(feeds, batch_size, _fixed_batch(s)) for s in sessions]
     for session, feed, path in zip(sessions, batches, model_paths):
         for _ in range(warmup):
