@@ -86,3 +86,49 @@ def save(model: onnx.ModelProto, path: Path, *, external_data: bool = False) -> 
     else:
         onnx.save_model(model, str(path))
     return path
+
+
+def string_identity() -> onnx.ModelProto:
+    """y = Identity(x) on strings, [batch, n]."""
+    return identity(("batch", "n"), TensorProto.STRING, name_in="INPUT0", name_out="OUTPUT0")
+
+
+def string_add() -> onnx.ModelProto:
+    """Triton's "simple_string" example in ONNX: strings holding integers, OUTPUT0 = INPUT0 + INPUT1 and
+    OUTPUT1 = INPUT0 - INPUT1 (Cast string -> int32 -> string), [batch, 16]."""
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 16])  # noqa: E731
+    return build(
+        [helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+         helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+         helper.make_node("Add", ["a", "b"], ["s"]),
+         helper.make_node("Sub", ["a", "b"], ["d"]),
+         helper.make_node("Cast", ["s"], ["OUTPUT0"], to=TensorProto.STRING),
+         helper.make_node("Cast", ["d"], ["OUTPUT1"], to=TensorProto.STRING)],
+        [io("INPUT0"), io("INPUT1")],
+        [io("OUTPUT0"), io("OUTPUT1")],
+    )
+
+
+def accumulator(*, ready: bool = True, corrid: bool = True) -> onnx.ModelProto:
+    """Triton's qa implicit-state model: OUTPUT_STATE = INPUT + INPUT_STATE * (READY and not START), OUTPUT = the
+    same; with ``corrid`` also CORRID_OUT = CORRID (the CORRID control echoed). int32 [batch, 1]; START int32,
+    READY bool, CORRID uint64 controls."""
+    i32 = lambda name: helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", 1])  # noqa: E731
+    one = numpy_helper.from_array(np.array(1, dtype=np.int32), "one")
+    nodes = [helper.make_node("Sub", ["one", "START"], ["keep0"])]
+    inputs = [i32("INPUT"), i32("START"), i32("INPUT_STATE")]
+    outputs = [i32("OUTPUT"), i32("OUTPUT_STATE")]
+    keep = "keep0"
+    if ready:
+        inputs.append(helper.make_tensor_value_info("READY", TensorProto.BOOL, ["batch", 1]))
+        nodes += [helper.make_node("Cast", ["READY"], ["ready_i"], to=TensorProto.INT32),
+                  helper.make_node("Mul", ["keep0", "ready_i"], ["keep1"])]
+        keep = "keep1"
+    nodes += [helper.make_node("Mul", ["INPUT_STATE", keep], ["prev"]),
+              helper.make_node("Add", ["INPUT", "prev"], ["OUTPUT_STATE"]),
+              helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"])]
+    if corrid:
+        inputs.append(helper.make_tensor_value_info("CORRID", TensorProto.UINT64, ["batch", 1]))
+        outputs.append(helper.make_tensor_value_info("CORRID_OUT", TensorProto.UINT64, ["batch", 1]))
+        nodes.append(helper.make_node("Identity", ["CORRID"], ["CORRID_OUT"]))
+    return build(nodes, inputs, outputs, [one])

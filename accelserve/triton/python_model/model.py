@@ -10,9 +10,16 @@ Batching is Triton's own: the dynamic batcher hands ``execute`` several requests
 along the batch dimension, run in ONE ONNX Runtime call, and the outputs are split back per request. Models with
 ``max_batch_size: 0`` have no batch dimension, so their requests run one by one.
 
+BYTES (``TYPE_STRING``) tensors arrive from Triton as numpy object arrays of ``bytes``; ONNX Runtime's Python API
+takes ``str`` for ONNX string tensors, so elements are decoded as UTF-8 on the way in (an element that is not UTF-8
+is a clear error) and string outputs are encoded back to UTF-8 bytes. Sequence models (``sequence_batching``:
+control tensors, implicit state) are handled as Triton's onnxruntime backend does; see ``sequences.py``.
+
 Model-config parameters read here:
 
 * ``accelserve_onnx_file``: the ONNX file in the version directory (set by the shadow; default ``model.onnx``);
+* ``accelserve_max_shape``: upper bounds of input dims (see :data:`MAX_SHAPE_PARAMETER`); a request over a bound
+  gets a clear error instead of whatever ONNX Runtime makes of it;
 * ``intra_op_thread_count`` / ``inter_op_thread_count``: ONNX Runtime thread counts, under the same names the
   native ONNX Runtime backend uses. The default intra-op count is ``cpu_count // instances`` (at least 1), so
   several instances do not oversubscribe the CPU.
@@ -31,6 +38,9 @@ ONNX_FILE_PARAMETER = "accelserve_onnx_file"
 INTRA_OP_PARAMETER = "intra_op_thread_count"
 INTER_OP_PARAMETER = "inter_op_thread_count"
 DEFAULT_ONNX_FILENAME = "model.onnx"
+#: model-config parameter with known upper bounds of input dims: JSON ``{"input": [max per dim, -1 = unbounded]}``,
+#: dims as in the config (without the batch dim); written by ``repo add`` from bounds the exporter found
+MAX_SHAPE_PARAMETER = "accelserve_max_shape"
 
 Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Feeds]
@@ -151,6 +161,84 @@ def onnx_model_path(model_config: dict[str, Any], model_repository: str, version
     return path
 
 
+def _load_sequences() -> Any:
+    """``sequences.py`` beside this file (the stub loads this file by path, outside any package)."""
+    if __package__:
+        from accelserve.triton.python_model import sequences
+
+        return sequences
+    import importlib.util
+    import sys
+
+    name = "accelserve_standin_sequences"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)), "sequences.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def to_onnx_strings(name: str, array: np.ndarray) -> np.ndarray:
+    """A BYTES tensor (object array of bytes, as Triton hands it over) as ONNX Runtime takes a string tensor: an
+    object array of str. Elements that are not UTF-8 cannot be passed through ONNX Runtime's Python API."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat_in):
+        if isinstance(item, (bytes, bytearray, np.bytes_)):
+            try:
+                flat_out[i] = bytes(item).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"input {name}: element {i} is not UTF-8 text ({bytes(item)[:20]!r}...); the ONNX Runtime "
+                    "stand-in passes strings through ONNX Runtime's Python API, which takes only UTF-8. Triton's "
+                    "native onnxruntime backend passes raw bytes: serve with a full Triton install for binary strings"
+                ) from exc
+        else:
+            flat_out[i] = str(item)
+    return out
+
+
+def from_onnx_strings(array: np.ndarray) -> np.ndarray:
+    """An ONNX Runtime string output (object array of str) as a Triton BYTES tensor (object array of UTF-8 bytes)."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = np.asarray(array, dtype=object).reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat_in):
+        flat_out[i] = item if isinstance(item, bytes) else str(item).encode("utf-8")
+    return out
+
+
+def max_shapes(model_config: dict[str, Any]) -> dict[str, list[int]]:
+    """The ``accelserve_max_shape`` parameter: input -> upper bound per dim (config dims; -1 = none)."""
+    text = config_parameter(model_config, MAX_SHAPE_PARAMETER)
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+        bounds = {str(k): [int(d) for d in v] for k, v in data.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"parameter {MAX_SHAPE_PARAMETER} is not JSON {{input: [max dims]}}: {text!r}") from exc
+    return bounds
+
+
+def check_max_shape(feed: Feeds, bounds: dict[str, list[int]], batching: bool) -> None:
+    """A clear error when a request exceeds a known bound of its inputs (instead of ONNX Runtime's own error)."""
+    for name, limits in bounds.items():
+        if name not in feed:
+            continue
+        dims = feed[name].shape[1:] if batching else feed[name].shape
+        for axis, (size, limit) in enumerate(zip(dims, limits, strict=False)):
+            if limit >= 0 and size > limit:
+                raise ValueError(
+                    f"input {name} has {size} along dim {axis + (1 if batching else 0)} (shape {list(feed[name].shape)}), "
+                    f"but the model supports at most {limit} there (config parameter {MAX_SHAPE_PARAMETER}, the bound "
+                    "found when the model was exported)"
+                )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The Triton python model
 
@@ -162,6 +250,7 @@ class TritonPythonModel:
         import onnxruntime as ort
         import triton_python_backend_utils as pb_utils
 
+        seqs = _load_sequences()
         self.config = json.loads(args["model_config"])
         self.name = args.get("model_name", self.config.get("name", "?"))
         self.batching = int(self.config.get("max_batch_size") or 0) > 0
@@ -170,15 +259,38 @@ class TritonPythonModel:
         opts.intra_op_num_threads = intra_op_threads(self.config)
         opts.inter_op_num_threads = int(config_parameter(self.config, INTER_OP_PARAMETER) or 1)
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.bounds = max_shapes(self.config)
 
+        onnx_inputs = {i.name: i for i in self.session.get_inputs()}
+        defaults = {i.name for i in self.session.get_overridable_initializers()}  # inputs with a default value
+        onnx_outputs = {o.name for o in self.session.get_outputs()}
+        self.onnx_input_names = [*onnx_inputs, *defaults]
+        self.string_inputs = {n for n, i in onnx_inputs.items() if i.type == "tensor(string)"}
+        self.sequence = seqs.sequence_spec(self.config)
+        self.states = seqs.SequenceStates(self.sequence) if self.sequence else None
+        extra = set(self.sequence.control_names) | {s.input_name for s in self.sequence.states} \
+            if self.sequence else set()
+        if self.sequence:
+            seqs.check_against_model(
+                self.sequence,
+                {n: (np.dtype(_ORT_NUMPY.get(i.type, object)), list(i.shape)) for n, i in onnx_inputs.items()},
+                onnx_outputs, self.batching,
+            )
+        ragged = [i["name"] for i in self.config.get("input") or [] if i.get("allow_ragged_batch")]
+        if ragged or self.config.get("batch_input"):
+            raise ValueError(
+                f"{self.name}: the ONNX Runtime stand-in cannot run ragged batches (allow_ragged_batch on "
+                f"{ragged or 'no input'}, batch_input {[b.get('kind') for b in self.config.get('batch_input') or []]}): "
+                "Triton's onnxruntime backend concatenates ragged inputs and computes batch_input tensors, which the "
+                "stand-in does not. Serve this model with a full Triton install"
+            )
         self.input_names = [i["name"] for i in self.config.get("input") or []]
         self.outputs = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.config.get("output") or []
         }
-        onnx_inputs = {i.name for i in self.session.get_inputs()}
-        onnx_outputs = {o.name for o in self.session.get_outputs()}
-        unknown_in = [n for n in self.input_names if n not in onnx_inputs]
-        missing_in = sorted(onnx_inputs - set(self.input_names))
+        known = set(self.onnx_input_names)
+        unknown_in = [n for n in self.input_names if n not in known]
+        missing_in = sorted(set(onnx_inputs) - set(self.input_names) - extra)
         unknown_out = [n for n in self.outputs if n not in onnx_outputs]
         if unknown_in or missing_in or unknown_out:
             raise ValueError(
@@ -192,38 +304,92 @@ class TritonPythonModel:
                 )
                 + f" (the ONNX model has inputs {sorted(onnx_inputs)}, outputs {sorted(onnx_outputs)})"
             )
+        self.run_outputs = list(self.outputs) + [
+            s.output_name for s in (self.sequence.states if self.sequence else ()) if s.output_name not in self.outputs
+        ]
         pb_utils.Logger.log_info(
             f"accelserve stand-in: {self.name} runs {path} with ONNX Runtime {ort.__version__} on CPU "
-            f"(intra_op_threads={opts.intra_op_num_threads}, batching={'on' if self.batching else 'off'})"
+            f"(intra_op_threads={opts.intra_op_num_threads}, batching={'on' if self.batching else 'off'}"
+            + (f", sequence batching {self.sequence.strategy} with {len(self.sequence.states)} state(s)"
+               if self.sequence else "") + ")"
         )
 
     def _run(self, feeds: Feeds) -> Feeds:
-        names = list(self.outputs)
-        values = self.session.run(names, feeds)
-        return {name: np.asarray(v, dtype=self.outputs[name]) for name, v in zip(names, values, strict=True)}
+        feeds = {k: (to_onnx_strings(k, v) if k in self.string_inputs else v) for k, v in feeds.items()}
+        missing = [n for n in self.session.get_inputs() if n.name not in feeds]
+        if missing:
+            raise ValueError(
+                f"input(s) {[n.name for n in missing]} left out of the request, but the ONNX model needs them (an "
+                "optional config input must have a default in the ONNX model: an initializer of the same name)"
+            )
+        values = self.session.run(self.run_outputs, feeds)
+        out = {}
+        for name, value in zip(self.run_outputs, values, strict=True):
+            dtype = self.outputs.get(name)
+            if dtype is None:  # a state output: kept as ONNX Runtime gives it
+                out[name] = np.asarray(value)
+            elif dtype == np.object_:
+                out[name] = from_onnx_strings(np.asarray(value))
+            else:
+                out[name] = np.asarray(value, dtype=dtype)
+        return out
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
 
-        feeds = []
-        for request in requests:
+        seqs = _load_sequences()
+        wanted = [*self.input_names, *(self.sequence.control_names if self.sequence else ()),
+                  *(s.input_name for s in (self.sequence.states if self.sequence else ()))]
+        feeds: list[Feeds] = []
+        infos: list[Any] = []
+        early: dict[int, Exception] = {}
+        if self.states is not None:
+            self.states.expire()
+        for index, request in enumerate(requests):
             feed = {}
-            for name in self.input_names:
+            for name in wanted:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:  # optional inputs may be absent
                     feed[name] = tensor.as_numpy()
-            feeds.append(feed)
+            info = None
+            try:
+                check_max_shape(feed, self.bounds, self.batching)
+                if self.sequence is not None:
+                    info = seqs.RequestInfo(request.correlation_id(), int(request.flags()),
+                                            seqs.request_ready(feed, self.sequence))
+                    feed = self.states.apply(feed, info)
+            except ValueError as exc:
+                early[index] = exc
+            feeds.append(seqs.model_feed(feed, self.onnx_input_names))
+            infos.append(info)
+        runnable = [i for i in range(len(requests)) if i not in early]
+        results: list[Feeds | Exception] = [early[i] if i in early else ValueError("not run") for i in range(len(requests))]
+        for i, result in zip(runnable, run_requests(self._run, [feeds[i] for i in runnable], self.batching),
+                             strict=True):
+            results[i] = result
+            if self.states is not None and not isinstance(result, Exception):
+                self.states.update(result, infos[i])
         responses = []
-        for result in run_requests(self._run, feeds, self.batching):
+        for result in results:
             if isinstance(result, Exception):
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"ONNX Runtime failed: {result}")
+                    output_tensors=[], error=pb_utils.TritonError(f"ONNX Runtime stand-in: {result}")
                 ))
             else:
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, arr) for name, arr in result.items()]
+                    output_tensors=[pb_utils.Tensor(name, arr) for name, arr in result.items() if name in self.outputs]
                 ))
         return responses
 
     def finalize(self) -> None:
         self.session = None
+        self.states = None
+
+
+#: ONNX Runtime input type -> numpy dtype (for checking sequence controls)
+_ORT_NUMPY = {
+    "tensor(bool)": np.bool_, "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64, "tensor(float)": np.float32, "tensor(string)": np.object_,
+    "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16, "tensor(uint16)": np.uint16,
+}
