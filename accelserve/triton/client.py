@@ -205,19 +205,24 @@ class TritonClient:
         )
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
-              *, version: str = "") -> dict[str, np.ndarray]:
-        """Run one request; returns every output (or ``outputs``) as numpy arrays."""
+              *, version: str = "", sequence_id: int | str = 0, sequence_start: bool = False,
+              sequence_end: bool = False) -> dict[str, np.ndarray]:
+        """Run one request; returns every output (or ``outputs``) as numpy arrays. Text arrays (numpy ``str_`` or
+        ``bytes_``) go as BYTES tensors of UTF-8. ``sequence_id`` (with the START/END flags) sends the request as
+        part of a sequence, for models with sequence batching."""
         from tritonclient.utils import np_to_triton_dtype
 
         self._ensure_live()
         request = []
         for name, array in inputs.items():
-            array = np.ascontiguousarray(array)
+            array = np.ascontiguousarray(as_bytes_tensor(array))
             tensor = self._tc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             request.append(tensor)
         requested = [self._tc.InferRequestedOutput(n) for n in outputs] if outputs else None
         kwargs: dict[str, Any] = {"model_version": version, "outputs": requested}
+        if sequence_id:
+            kwargs.update(sequence_id=sequence_id, sequence_start=sequence_start, sequence_end=sequence_end)
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.infer_timeout
         result = self._call(f"inference on model '{model}'", self._client.infer, model, request, **kwargs)
@@ -233,6 +238,21 @@ class TritonClient:
             return self._call("reading statistics", self._client.get_inference_statistics, model)
         stats = self._call("reading statistics", self._client.get_inference_statistics, model, as_json=True)
         return _ints(stats)
+
+
+def as_bytes_tensor(array: np.ndarray) -> np.ndarray:
+    """Text arrays as Triton BYTES tensors (object arrays of bytes): numpy ``str_`` elements are UTF-8 encoded,
+    ``bytes_`` kept; any other array is returned as it is. (tritonclient cannot send a numpy unicode array.)"""
+    array = np.asarray(array)
+    if array.dtype.kind == "U":
+        out = np.empty(array.shape, dtype=object)
+        out.reshape(-1)[:] = [s.encode("utf-8") for s in array.reshape(-1).tolist()]
+        return out
+    if array.dtype.kind == "S":
+        out = np.empty(array.shape, dtype=object)
+        out.reshape(-1)[:] = array.reshape(-1).tolist()
+        return out
+    return array
 
 
 def _ints(value: Any) -> Any:

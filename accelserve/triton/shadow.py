@@ -24,7 +24,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from accelserve.errors import RepositoryError, ServerError
 from accelserve.triton.config import CONFIG_FILENAME, config_to_text, read_config
-from accelserve.triton.python_model.sequences import HIDDEN_READY
 
 #: model-config parameter naming the ONNX file (inside the version directory) the python model runs
 ONNX_FILE_PARAMETER = "accelserve_onnx_file"
@@ -80,14 +79,6 @@ def stand_in_config(config: mc.ModelConfig, onnx_filename: str) -> tuple[mc.Mode
             group.count = count
             del group.gpus[:]
             changes.append(f"instance group {group.name or '(unnamed)'}: KIND_GPU -> KIND_CPU x{count}")
-    if new.HasField("sequence_batching"):
-        kinds = {c.kind for entry in new.sequence_batching.control_input for c in entry.control}
-        if mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY not in kinds:
-            # the stand-in must tell Triton's null requests (empty direct-strategy slots) from real ones
-            entry = new.sequence_batching.control_input.add(name=HIDDEN_READY)
-            entry.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY, bool_false_true=[False, True])
-            changes.append(f"sequence_batching: READY control {HIDDEN_READY} added for the stand-in (not passed to "
-                           "the ONNX model)")
     new.default_model_filename = PYTHON_MODEL_FILENAME
     new.parameters[ONNX_FILE_PARAMETER].string_value = onnx_filename
     return new, changes

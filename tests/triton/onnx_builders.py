@@ -132,3 +132,16 @@ def accumulator(*, ready: bool = True, corrid: bool = True) -> onnx.ModelProto:
         outputs.append(helper.make_tensor_value_info("CORRID_OUT", TensorProto.UINT64, ["batch", 1]))
         nodes.append(helper.make_node("Identity", ["CORRID"], ["CORRID_OUT"]))
     return build(nodes, inputs, outputs, [one])
+
+
+def add_with_default(n: int = 4) -> onnx.ModelProto:
+    """y = x + bias, where ``bias`` is an input with a default (an initializer of the same name): a model whose
+    config can declare ``bias`` optional."""
+    bias = numpy_helper.from_array(np.full((n,), 10.0, dtype=np.float32), "bias")
+    return build(
+        [helper.make_node("Add", ["x", "bias"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n]),
+         helper.make_tensor_value_info("bias", TensorProto.FLOAT, [n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+        [bias],
+    )

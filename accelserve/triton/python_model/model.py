@@ -355,8 +355,8 @@ class TritonPythonModel:
             try:
                 check_max_shape(feed, self.bounds, self.batching)
                 if self.sequence is not None:
-                    info = seqs.RequestInfo(request.correlation_id(), int(request.flags()),
-                                            seqs.request_ready(feed, self.sequence))
+                    cid = request.correlation_id()
+                    info = seqs.RequestInfo(cid, int(request.flags()), seqs.request_ready(feed, self.sequence, cid))
                     feed = self.states.apply(feed, info)
             except ValueError as exc:
                 early[index] = exc

@@ -13,9 +13,9 @@ checked against the tritonserver of nvidia-pytriton):
   python backend has no such call, so Triton keeps passing the initial state. The stand-in therefore keeps the
   state itself, per correlation ID: the state Triton supplies on a START request (the initial state) starts it,
   every later request of that sequence gets the previous request's output state, END drops it;
-* slots a direct-strategy batch leaves empty are filled with "null" requests whose READY control is false (and
-  CORRID 0); their responses are discarded. Their state must not touch any sequence's state, so the shadow
-  repository adds a READY control of its own (:data:`HIDDEN_READY`) when the config has none;
+* slots a direct-strategy batch leaves empty are filled with "null" requests whose READY control is false and
+  whose correlation ID is 0 (seen in the python backend; Triton refuses 0 as the ID of a real sequence); their
+  responses are discarded, and they must not touch any sequence's state;
 * an idle sequence is ended by Triton after ``max_sequence_idle_microseconds``; the stand-in forgets states idle for
   longer than that (a later request of the timed-out sequence is refused by Triton itself unless it starts anew).
 """
@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 
-#: name of the READY control the shadow adds to a sequence model without one (never given to ONNX Runtime)
-HIDDEN_READY = "_ACCELSERVE_SEQUENCE_READY"
 #: request flags (TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END)
 FLAG_START = 1
 FLAG_END = 2
@@ -155,8 +153,6 @@ def check_against_model(spec: SequenceSpec, onnx_inputs: dict[str, tuple[np.dtyp
     output is an output of the model. ``onnx_inputs``: name -> (numpy dtype, dims as ONNX declares them)."""
     problems = []
     for control in spec.controls:
-        if control.name == HIDDEN_READY:
-            continue
         if control.name not in onnx_inputs:
             problems.append(f"control input {control.name} ({control.kind}) is not an input of the ONNX model")
             continue
@@ -195,11 +191,13 @@ class RequestInfo:
         return bool(self.flags & FLAG_END)
 
 
-def request_ready(feed: dict[str, np.ndarray], spec: SequenceSpec) -> bool:
-    """False for the null requests Triton puts in empty direct-strategy slots (their READY control is false)."""
+def request_ready(feed: dict[str, np.ndarray], spec: SequenceSpec, correlation_id: int | str) -> bool:
+    """False for the null requests Triton puts in empty direct-strategy slots (READY control false, ID 0)."""
+    if correlation_id in (0, ""):
+        return False
     ready = spec.control("CONTROL_SEQUENCE_READY")
     if ready is not None and ready.name in feed:
-        return bool(np.asarray(feed[ready.name]).reshape(-1)[0])
+        return bool(np.asarray(feed[ready.name]).reshape(-1)[0] == ready.false_true[1])
     return True
 
 
@@ -251,6 +249,6 @@ class SequenceStates:
 
 
 def model_feed(feed: dict[str, np.ndarray], onnx_inputs: Sequence[str]) -> dict[str, np.ndarray]:
-    """Only what the ONNX model takes (drops the hidden READY control and controls the model does not declare)."""
+    """Only what the ONNX model takes (drops controls the model does not declare)."""
     wanted = set(onnx_inputs)
     return {k: v for k, v in feed.items() if k in wanted}
