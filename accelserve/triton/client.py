@@ -9,7 +9,7 @@ model lists the models that are loaded.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,25 @@ class ModelInfo:
     max_batch_size: int
     inputs: tuple[TensorMeta, ...]
     outputs: tuple[TensorMeta, ...]
+    #: the model's config as the server reports it (JSON; snake_case keys)
+    config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sequence(self) -> Any:
+        """The model's sequence batching (controls, states), or None for a model without it."""
+        from accelserve.triton.python_model.sequences import sequence_spec
+
+        return sequence_spec(self.config)
+
+    @property
+    def max_shapes(self) -> dict[str, list[int]]:
+        """Known upper bounds of input dims (config parameter ``accelserve_max_shape``; config dims, no batch)."""
+        from accelserve.triton.python_model.model import max_shapes
+
+        try:
+            return max_shapes(self.config)
+        except ValueError:
+            return {}
 
 
 def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
@@ -202,6 +221,7 @@ class TritonClient:
             max_batch_size=int(config.get("max_batch_size", 0) or 0),
             inputs=tensors("inputs"),
             outputs=tensors("outputs"),
+            config=dict(config),
         )
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
@@ -317,10 +337,31 @@ def request_shape(
     return tuple(dims)
 
 
+#: characters of random strings (printable ASCII letters and digits, as perf_analyzer's random strings)
+STRING_ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+
+
+def random_strings(rng: np.random.Generator, shape: tuple[int, ...], length: int = 16,
+                   fixed: str | None = None) -> np.ndarray:
+    """A BYTES tensor (object array of bytes): random strings of ``length`` characters, or ``fixed`` everywhere."""
+    if length < 0:
+        raise InvalidInputError(f"--string-length must be >= 0, got {length}")
+    out = np.empty(shape, dtype=object)
+    flat = out.reshape(-1)
+    if fixed is not None:
+        flat[:] = [fixed.encode("utf-8")] * flat.size
+    else:
+        chars = rng.choice(STRING_ALPHABET, size=(flat.size, length))
+        flat[:] = ["".join(row).encode("ascii") for row in chars]
+    return out
+
+
 def random_inputs(info: ModelInfo, *, batch: int = 1, shapes: dict[str, tuple[int, ...]] | None = None,
-                  seed: int = 0, ranges: dict[str | None, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
+                  seed: int = 0, ranges: dict[str | None, tuple[float, float]] | None = None,
+                  string_length: int = 16, string_data: str | None = None) -> dict[str, np.ndarray]:
     """Random data for every input of ``info`` (floats in [-1, 1), integers in [0, 100), booleans, unless
-    ``ranges`` gives ``(low, high)`` by input name, or under ``None`` for every input)."""
+    ``ranges`` gives ``(low, high)`` by input name, or under ``None`` for every input; BYTES inputs get random
+    strings of ``string_length`` characters, or ``string_data`` in every element)."""
     ranges = ranges or {}
     names = [t.name for t in info.inputs]
     unknown = sorted(k for k in ranges if k is not None and k not in names)
@@ -329,12 +370,24 @@ def random_inputs(info: ModelInfo, *, batch: int = 1, shapes: dict[str, tuple[in
     rng = np.random.default_rng(seed)
     feeds = {}
     for tensor in info.inputs:
+        shape = request_shape(tensor, info, batch, shapes or {})
         if tensor.datatype == "BYTES":
-            raise InvalidInputError(f"input {tensor.name} is BYTES; random data needs a numeric input, use --data")
-        low, high = ranges.get(tensor.name, ranges.get(None, (None, None)))
-        feeds[tensor.name] = random_array(rng, request_shape(tensor, info, batch, shapes or {}), tensor.dtype,
-                                          low, high)
+            feeds[tensor.name] = random_strings(rng, shape, string_length, string_data)
+        else:
+            low, high = ranges.get(tensor.name, ranges.get(None, (None, None)))
+            feeds[tensor.name] = random_array(rng, shape, tensor.dtype, low, high)
     return feeds
+
+
+def check_max_shapes(info: ModelInfo, feeds: dict[str, np.ndarray]) -> None:
+    """A user error when an input exceeds a bound the model's config records (``accelserve_max_shape``)."""
+    from accelserve.triton.python_model.model import check_max_shape
+
+    try:
+        check_max_shape(feeds, info.max_shapes, info.max_batch_size > 0)
+    except ValueError as exc:
+        raise InvalidInputError(f"model {info.name}: {exc}",
+                                hint="send a smaller input; the server would refuse this request") from exc
 
 
 def split_requests(feeds: dict[str, np.ndarray], info: ModelInfo, batch: int | None = None
@@ -388,7 +441,12 @@ def load_inputs(path: str | Path, info: ModelInfo) -> dict[str, np.ndarray]:
                 f"array {tensor.name} in {p} has shape {list(arr.shape)}, the model expects {list(tensor.shape)} "
                 "(-1 = dynamic; the batch dim is included)"
             )
-        if tensor.datatype != "BYTES" and arr.dtype != tensor.dtype:
+        if tensor.datatype == "BYTES":
+            if arr.dtype.kind not in "USO":
+                raise InvalidInputError(f"array {tensor.name} in {p} is {arr.dtype}; input {tensor.name} is BYTES "
+                                        "(save text: a numpy str or bytes array)")
+            arr = as_bytes_tensor(arr)
+        elif arr.dtype != tensor.dtype:
             if not np.can_cast(arr.dtype, tensor.dtype, casting="same_kind"):
                 raise InvalidInputError(f"array {tensor.name} in {p} is {arr.dtype}, the model expects {tensor.dtype}")
             arr = arr.astype(tensor.dtype)

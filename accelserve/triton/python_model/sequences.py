@@ -121,7 +121,7 @@ def sequence_spec(config: dict[str, Any]) -> SequenceSpec | None:
     controls = []
     for entry in seq.get("control_input") or []:
         for control in entry.get("control") or []:
-            kind = str(control.get("kind"))
+            kind = str(control.get("kind") or CONTROL_KINDS[0])  # protobuf JSON omits the enum's 0 (START)
             if kind not in CONTROL_KINDS:
                 raise SequenceConfigError(f"control input {entry.get('name')} has kind {kind}, which the stand-in "
                                           f"does not know (it knows {', '.join(CONTROL_KINDS)})")
@@ -141,7 +141,7 @@ def sequence_spec(config: dict[str, Any]) -> SequenceSpec | None:
             tuple(int(d) for d in initial.get("dims") or []) if initial.get("zero_data") else None,
             str(initial["data_file"]) if initial.get("data_file") else None,
         ))
-    strategy = "oldest" if seq.get("oldest") else "direct"
+    strategy = "oldest" if "oldest" in seq else "direct"
     idle_us = int(seq.get("max_sequence_idle_microseconds") or DEFAULT_IDLE_US)
     return SequenceSpec(tuple(controls), tuple(states), strategy, idle_us / 1e6)
 
