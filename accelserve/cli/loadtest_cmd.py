@@ -88,6 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="range of random input values, for one input or all (repeatable; default -1:1, ints 0:100)")
     req.add_argument("--data", metavar="FILE.npz",
                      help="real samples: one array per input, first dim = samples, cut into batches")
+    req.add_argument("--string-length", type=int, default=16, metavar="N",
+                     help="characters of each random string for BYTES inputs (default 16)")
+    req.add_argument("--string-data", metavar="TEXT", help="this text in every element of BYTES inputs (not random)")
+    req.add_argument("--sequence-length", type=int, default=None, metavar="N",
+                     help="sequence models: requests per sequence, START on the first and END on the last, one "
+                     "correlation ID each; every user runs its own sequences (default 20, as perf_analyzer)")
     req.add_argument("--json-data", action="store_true", help="HTTP: send tensors as JSON instead of binary")
     req.add_argument("--seed", type=int, default=0, help="random data seed (default 0)")
     req.add_argument("--request-timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30)")
@@ -228,6 +234,7 @@ def _run(args: argparse.Namespace, context: dict[str, SweepSettings]) -> int:
     request = RequestOptions(
         batch=args.batch, shapes=parse_shape_overrides(args.shape), ranges=parse_ranges(args.range),
         data_file=args.data, binary_data=not args.json_data, seed=args.seed, request_timeout_s=args.request_timeout,
+        string_length=args.string_length, string_data=args.string_data, sequence_length=args.sequence_length,
     )
 
     # ---- run

@@ -20,6 +20,8 @@ from accelserve.specs import random_array
 
 #: distinct random requests per user (cycled), so the server does not see one tensor over and over
 RANDOM_POOL = 8
+#: requests per sequence for a sequence model when --sequence-length is not given (perf_analyzer's default)
+DEFAULT_SEQUENCE_LENGTH = 20
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class RequestPlan:
     seed: int = 0
     request_timeout_s: float = 30.0
     notes: tuple[str, ...] = field(default=())
+    string_length: int = 16  # characters of random BYTES elements
+    string_data: str | None = None  # fixed text for every BYTES element instead of random strings
+    sequence_length: int = 0  # > 0: a sequence model; each user sends sequences of this many requests
 
     @property
     def host_port(self) -> str:
@@ -65,7 +70,9 @@ class RequestPlan:
         tensors = ", ".join(f"{t.name}:{'x'.join(map(str, t.shape))}:{t.datatype}" for t in self.inputs)
         source = f"samples from {self.data_file}" if self.data_file else "random data"
         wire = "binary" if self.binary_data or self.protocol == "grpc" else "JSON"
-        return f"{self.model} over {self.url} ({wire} tensors), batch {self.batch_size}, inputs {tensors}, {source}"
+        sequences = f", sequences of {self.sequence_length} requests per user" if self.sequence_length else ""
+        return (f"{self.model} over {self.url} ({wire} tensors), batch {self.batch_size}, inputs {tensors}, {source}"
+                + sequences)
 
 
 def parse_ranges(items: list[str] | None) -> dict[str | None, tuple[float, float]]:
@@ -97,6 +104,9 @@ def build_plan(
     binary_data: bool = True,
     seed: int = 0,
     request_timeout_s: float = 30.0,
+    string_length: int = 16,
+    string_data: str | None = None,
+    sequence_length: int | None = None,
 ) -> RequestPlan:
     """Check the server and the model and decide the request; every problem is a user error raised here."""
     from accelserve.triton.client import load_inputs, request_shape
@@ -148,10 +158,11 @@ def build_plan(
                 hint=f"use --batch {info.max_batch_size} or less, or raise max_batch_size in the model's config",
             )
 
+    sequence_length, notes = _sequence_length(info, sequence_length, effective)
+    if string_length < 0:
+        raise InvalidInputError(f"--string-length must be >= 0, got {string_length}")
     inputs = []
     for t in info.inputs:
-        if t.datatype == "BYTES" and data_file is None:
-            raise InvalidInputError(f"input {t.name} is BYTES; random data needs numeric inputs", hint="use --data FILE.npz")
         low, high = ranges.get(t.name, ranges.get(None, (None, None)))
         inputs.append(TensorPlan(t.name, t.datatype, tuple(int(d) for d in shaped[t.name]), low, high))
     return RequestPlan(
@@ -166,7 +177,29 @@ def build_plan(
         data_file=str(Path(data_file).resolve()) if data_file is not None else None,
         seed=seed,
         request_timeout_s=request_timeout_s,
+        notes=tuple(notes),
+        string_length=string_length,
+        string_data=string_data,
+        sequence_length=sequence_length,
     )
+
+
+def _sequence_length(info: Any, requested: int | None, batch: int) -> tuple[int, list[str]]:
+    """Requests per sequence for a sequence model (0 for any other), and a note when the default was taken."""
+    if info.sequence is None:
+        if requested:
+            raise InvalidInputError(f"model '{info.name}' has no sequence_batching; --sequence-length applies to "
+                                    "sequence models")
+        return 0, []
+    if requested is not None and requested < 1:
+        raise InvalidInputError(f"--sequence-length must be >= 1, got {requested}")
+    if info.max_batch_size > 0 and batch != 1:
+        raise InvalidInputError(f"model '{info.name}' uses sequence batching: Triton takes only batch size 1 per "
+                                f"request, not {batch}", hint="use --batch 1 (Triton batches the sequences itself)")
+    if requested is None:
+        return DEFAULT_SEQUENCE_LENGTH, [f"sequence model: {DEFAULT_SEQUENCE_LENGTH} requests per sequence "
+                                         "(--sequence-length to change)"]
+    return requested, []
 
 
 def _npz_arrays(plan: RequestPlan) -> dict[str, np.ndarray]:
@@ -184,18 +217,22 @@ def payloads(plan: RequestPlan, *, user_index: int = 0, count: int = RANDOM_POOL
     """
     from tritonclient.utils import triton_to_np_dtype
 
+    from accelserve.triton.client import as_bytes_tensor, random_strings
+
     if plan.data_file is None:
         rng = np.random.default_rng([plan.seed, user_index])
         return [
             {
-                t.name: random_array(rng, t.shape, np.dtype(triton_to_np_dtype(t.datatype)), t.low, t.high)
+                t.name: random_strings(rng, t.shape, plan.string_length, plan.string_data) if t.datatype == "BYTES"
+                else random_array(rng, t.shape, np.dtype(triton_to_np_dtype(t.datatype)), t.low, t.high)
                 for t in plan.inputs
             }
             for _ in range(count)
         ]
     arrays = _npz_arrays(plan)
     dtypes = {t.name: np.dtype(triton_to_np_dtype(t.datatype)) for t in plan.inputs}
-    arrays = {k: (a.astype(dtypes[k]) if a.dtype != dtypes[k] and dtypes[k] != np.object_ else a) for k, a in arrays.items()}
+    arrays = {k: (as_bytes_tensor(a) if dtypes[k] == np.object_ else a.astype(dtypes[k]) if a.dtype != dtypes[k] else a)
+              for k, a in arrays.items()}
     if plan.max_batch_size == 0:
         return [arrays]
     pool = len(next(iter(arrays.values())))

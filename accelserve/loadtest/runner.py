@@ -45,6 +45,9 @@ class RequestOptions:
     binary_data: bool = True
     seed: int = 0
     request_timeout_s: float = 30.0
+    string_length: int = 16
+    string_data: str | None = None
+    sequence_length: int | None = None
 
 
 def looks_like_path(target: str) -> bool:
@@ -92,7 +95,8 @@ def prepare(url: str, protocol: str | None, model: str, request: RequestOptions,
         return build_plan(
             client, model, batch=request.batch, shapes=request.shapes, ranges=request.ranges,
             data_file=request.data_file, binary_data=request.binary_data, seed=request.seed,
-            request_timeout_s=request.request_timeout_s,
+            request_timeout_s=request.request_timeout_s, string_length=request.string_length,
+            string_data=request.string_data, sequence_length=request.sequence_length,
         )
 
 
@@ -168,6 +172,8 @@ def run_loadtest(
     with served(target, protocol, server_timeout_s=server_timeout_s) as (url, server):
         plan = prepare(url, protocol, model, request, connect_timeout_s)
         sys.stderr.write(f"load test: {plan.describe()}\n")
+        for note in plan.notes:
+            sys.stderr.write(f"note: {note}\n")
         with tempfile.TemporaryDirectory(prefix="accelserve-loadtest-") as tmp:
             directory = Path(work_dir) if work_dir is not None else Path(tmp)
             directory.mkdir(parents=True, exist_ok=True)

@@ -147,6 +147,11 @@ class TritonUser(User):
         index = next(_user_ids)
         requests = payloads(plan, user_index=index)
         self._client = _GrpcInfer(plan, requests) if plan.protocol == "grpc" else _HttpInfer(plan, requests)
+        if plan.sequence_length:  # sequence models: correlation IDs and START/END flags (loadtest/sequences.py)
+            from accelserve.loadtest.sequences import SequenceInfer
+
+            self._client.close()
+            self._client = SequenceInfer(plan, requests)  # type: ignore[assignment]
         self._name = f"{plan.model} infer"
         self._type = "gRPC" if plan.protocol == "grpc" else "HTTP"
         self._n = index  # users start at different requests of the pool

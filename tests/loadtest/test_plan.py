@@ -62,3 +62,22 @@ def test_parse_ranges() -> None:
     for bad in ["1:0", "x=a:b", "3"]:
         with pytest.raises(InvalidInputError):
             parse_ranges([bad])
+
+
+def test_bytes_inputs_get_random_strings_of_the_given_length_or_fixed_text() -> None:
+    plan = _plan(inputs=(TensorPlan("s", "BYTES", (2, 3)),), string_length=7)
+    request = payloads(plan, user_index=0)[0]["s"]
+    assert request.dtype == object and request.shape == (2, 3)
+    assert {len(v) for v in request.reshape(-1)} == {7} and all(isinstance(v, bytes) for v in request.reshape(-1))
+    assert len({v for v in request.reshape(-1)}) > 1
+    fixed = payloads(_plan(inputs=(TensorPlan("s", "BYTES", (2, 3)),), string_data="wörld"))[0]["s"]
+    assert set(fixed.reshape(-1).tolist()) == {"wörld".encode()}
+
+
+def test_unicode_npz_samples_become_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "s.npz"
+    np.savez(path, s=np.array([["a"], ["wörld"]]))
+    plan = _plan(inputs=(TensorPlan("s", "BYTES", (1, 1)),), data_file=str(path), batch_size=1)
+    requests = payloads(plan, user_index=0)
+    assert [r["s"].tolist() for r in requests] == [[[b"a"]], [["wörld".encode()]]]
+    assert RequestPlan.from_dict(_plan(sequence_length=5, string_data="x").to_dict()).sequence_length == 5
