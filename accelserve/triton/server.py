@@ -49,10 +49,12 @@ from accelserve.triton.shadow import build_shadow_repository, model_directories
 if TYPE_CHECKING:
     from accelserve.triton.client import ModelStatus
 
-#: seconds between SIGTERM and SIGKILL when stopping
-STOP_GRACE_S = 15.0
-#: seconds Triton waits for in-flight requests on shutdown
-EXIT_TIMEOUT_S = 5
+#: seconds between SIGTERM and SIGKILL when stopping: `serve` must be gone within 5 s of a signal. Triton checks
+#: every second whether its models have unloaded (each python-backend stub takes ~1 s to finish), so a clean exit
+#: takes 2-3 s; whatever is left after the grace (server, stubs) is killed and its shared memory removed
+STOP_GRACE_S = 3.0
+#: seconds Triton waits for in-flight requests and model unloads on shutdown before it exits anyway
+EXIT_TIMEOUT_S = 3
 #: Triton log lines worth quoting when start-up fails
 _RELEVANT = re.compile(
     r"failed to load|error|failed|unavailable|already in use|cannot|could not|no such|not found|invalid|"
@@ -118,6 +120,29 @@ def _failure_hint(log: str) -> str:
     return "see the full log; --log-verbose 1 logs more"
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (all threads), from /proc; empty where /proc is not available."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return kids
+
+
+def _wait_for_shutdown(popen: subprocess.Popen[bytes], grace: float) -> None:
+    """Wait until the server has exited, ``grace`` has passed, or -- when it had python-backend stubs -- every stub
+    has exited: then the models are unloaded and Triton only waits for its next once-a-second check, which the
+    caller's SIGKILL cuts short."""
+    deadline = time.monotonic() + grace
+    had_stubs = bool(_children(popen.pid))
+    while popen.poll() is None and time.monotonic() < deadline:
+        if had_stubs and not _children(popen.pid):
+            return
+        time.sleep(0.05)
+
+
 class _Process:
     """The server process and its temporary directory; cleaned up by stop() or, as a last resort, at exit."""
 
@@ -133,11 +158,8 @@ class _Process:
         popen = self.popen
         if popen is not None:
             if popen.poll() is None:
-                try:
-                    popen.send_signal(signal.SIGTERM)  # Triton unloads models and stops its stubs
-                    popen.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    pass
+                popen.send_signal(signal.SIGTERM)  # Triton unloads models and stops its stubs
+                _wait_for_shutdown(popen, grace)
             try:  # whatever is left of the group (the server, python-backend stubs)
                 os.killpg(popen.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
