@@ -285,3 +285,50 @@ def move_onnx(src: str | Path, dst: str | Path) -> None:
     stale = dst.with_name(dst.name + ".data")
     if stale.exists() and stale not in {dst.parent / f.relative_to(src.parent) for f in data_files}:
         stale.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Known bounds of dynamic axes, carried in the model file from export to the repository entry
+
+#: ``metadata_props`` key with the upper bounds of named dynamic axes the exporter found (JSON ``{"seq": 128}``)
+AXIS_BOUNDS_KEY = "accelserve.axis_max_sizes"
+
+
+def set_axis_bounds(model: onnx.ModelProto, bounds: dict[str, int]) -> None:
+    """Record ``bounds`` (axis name -> largest size the model supports) in the model's metadata."""
+    import json
+
+    text = json.dumps({str(k): int(v) for k, v in sorted(bounds.items())}, separators=(",", ":"))
+    entry = next((p for p in model.metadata_props if p.key == AXIS_BOUNDS_KEY), None) or model.metadata_props.add()
+    entry.key, entry.value = AXIS_BOUNDS_KEY, text
+
+
+def axis_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """The bounds :func:`set_axis_bounds` recorded ({} when none, or when the entry is not readable)."""
+    import json
+
+    entry = next((p for p in model.metadata_props if p.key == AXIS_BOUNDS_KEY), None)
+    if entry is None:
+        return {}
+    try:
+        return {str(k): int(v) for k, v in json.loads(entry.value).items() if int(v) > 0}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def input_max_shapes(model: onnx.ModelProto, batched: bool) -> dict[str, list[int]]:
+    """Per graph input with a bounded named axis: the largest size of each dim as a Triton config lists dims
+    (without the batch dim when ``batched``); -1 where there is no bound."""
+    bounds = axis_bounds(model)
+    if not bounds:
+        return {}
+    initializers = {t.name for t in model.graph.initializer}
+    out: dict[str, list[int]] = {}
+    for value in model.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dims = list(value.type.tensor_type.shape.dim)[1 if batched else 0:]
+        sizes = [d.dim_value if d.HasField("dim_value") else bounds.get(d.dim_param, -1) for d in dims]
+        if any(not d.HasField("dim_value") and d.dim_param in bounds for d in dims):
+            out[value.name] = sizes
+    return out

@@ -298,3 +298,24 @@ def test_move_onnx_refuses_to_rename_a_model_with_external_data(tmp_path: Path) 
     save_onnx(_big_linear(), src, external_data=True)
     with pytest.raises(ValueError, match="external data"):
         move_onnx(src, tmp_path / "other.onnx")
+
+
+def test_axis_bounds_become_per_input_max_shapes() -> None:
+    from onnx import TensorProto, helper
+
+    from accelserve.onnx_io import axis_bounds, input_max_shapes, set_axis_bounds
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["y"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq", 4]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "other"])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["batch", "seq", 4])],
+    )
+    model = helper.make_model(graph)
+    assert axis_bounds(model) == {} and input_max_shapes(model, batched=True) == {}
+    set_axis_bounds(model, {"seq": 128})
+    set_axis_bounds(model, {"seq": 64})  # replaces, never duplicates
+    assert [p.key for p in model.metadata_props] == ["accelserve.axis_max_sizes"]
+    assert axis_bounds(model) == {"seq": 64}
+    assert input_max_shapes(model, batched=True) == {"ids": [64, 4]}
+    assert input_max_shapes(model, batched=False) == {"ids": [-1, 64, 4]}

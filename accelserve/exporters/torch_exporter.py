@@ -37,7 +37,7 @@ from accelserve.exporters.torch_loading import (
     load_torch_model,
     summarize_error,
 )
-from accelserve.onnx_io import check_model, model_opset, move_onnx, save_onnx
+from accelserve.onnx_io import check_model, model_opset, move_onnx, save_onnx, set_axis_bounds
 from accelserve.specs import InputSpec, check_feed, fixed_length_warnings, random_feeds, sample_feed
 from accelserve.verify import VerificationReport, tolerance_for, verify
 
@@ -288,6 +288,9 @@ def export_loaded(
         program, dynamic_shapes, capture_notes = _capture(loaded, args, dynamic_shapes, torch)
         proto = _to_onnx(program, args, names, list(output_names), dynamic_shapes, options.opset, torch)
     _finish_axes(proto, specs, back)
+    bounds = _axis_upper_bounds(dynamic_shapes, back)
+    if bounds:  # carried to the repository entry by `repo add` (config parameter accelserve_max_shape)
+        set_axis_bounds(proto, bounds)
     proto.producer_name = "accelserve (torch.onnx dynamo exporter)"
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -299,8 +302,7 @@ def export_loaded(
         checked = check_model(tmp)
         report: VerificationReport | None = None
         if options.verify:
-            feeds = [sample, *random_feeds(specs, options.verify_random_inputs, rng,
-                                           max_sizes=_axis_upper_bounds(dynamic_shapes, back))]
+            feeds = [sample, *random_feeds(specs, options.verify_random_inputs, rng, max_sizes=bounds)]
             report = verify(tmp, feeds, reference, precision=options.precision, tolerance=tolerance)
             report.model = str(output)
             if not report.passed:
@@ -321,6 +323,8 @@ def export_loaded(
         "output_names": list(output_names),
         "compatibility_changes": list(compat.changes),
     }
+    if bounds:
+        metadata["axis_max_sizes"] = dict(bounds)
     if report is not None:
         metadata["verification"] = report.to_dict()
     artifact = ModelArtifact(output, source_framework="torch", precision="fp32", history=("export:torch",),

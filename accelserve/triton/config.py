@@ -322,6 +322,40 @@ def _add_tensorrt(config: mc.ModelConfig, model: onnx.ModelProto, options: Trito
         accel.parameters[key] = value
 
 
+def _add_max_shapes(config: mc.ModelConfig, model: onnx.ModelProto, batched: bool) -> None:
+    """Known bounds of dynamic dims (recorded at export) as the ``accelserve_max_shape`` parameter: accelserve's
+    ONNX Runtime stand-in refuses a request over a bound with a clear error, ``accelserve infer`` checks it before
+    sending; Triton's native onnxruntime backend ignores parameters it does not know."""
+    import json
+
+    from accelserve.onnx_io import input_max_shapes
+    from accelserve.triton.python_model.model import MAX_SHAPE_PARAMETER
+
+    shapes = input_max_shapes(model, batched)
+    if shapes:
+        config.parameters[MAX_SHAPE_PARAMETER].string_value = json.dumps(shapes, sort_keys=True, separators=(",", ":"))
+
+
+def max_shape_note(config: mc.ModelConfig) -> str | None:
+    """A line for the user about the bounds in ``config`` (None without any)."""
+    import json
+
+    from accelserve.triton.python_model.model import MAX_SHAPE_PARAMETER
+
+    if MAX_SHAPE_PARAMETER not in config.parameters:
+        return None
+    shapes = json.loads(config.parameters[MAX_SHAPE_PARAMETER].string_value)
+    offset = 1 if config.max_batch_size > 0 else 0
+    dynamic = {inp.name: list(inp.dims) for inp in config.input}
+    parts = [
+        f"{name} dim {i + offset} <= {limit}"
+        for name, dims in sorted(shapes.items()) for i, limit in enumerate(dims)
+        if limit >= 0 and i < len(dynamic.get(name, [])) and dynamic[name][i] == -1
+    ]
+    return (f"known input bounds from export: {', '.join(parts)} (config parameter {MAX_SHAPE_PARAMETER}: "
+            "accelserve's stand-in refuses larger requests with a clear error, `accelserve infer` checks them)")
+
+
 def build_config(model: onnx.ModelProto, name: str, options: TritonModelOptions | None = None) -> mc.ModelConfig:
     """The Triton ModelConfig for serving ``model`` under ``name`` with Triton's onnxruntime backend."""
     options = options or TritonModelOptions()
@@ -334,6 +368,7 @@ def build_config(model: onnx.ModelProto, name: str, options: TritonModelOptions 
         _add_io(config, sig, batched, is_input=True)
     for sig in outputs:
         _add_io(config, sig, batched, is_input=False)
+    _add_max_shapes(config, model, batched)
     _add_batching(config, options)
     kind = options.instance_kind or ("gpu" if options.accelerator == "tensorrt" else "cpu")
     config.instance_group.add(count=options.instances, kind=INSTANCE_KINDS[kind])

@@ -52,6 +52,7 @@ from accelserve.triton.config import (
     TritonModelOptions,
     build_config,
     config_to_text,
+    max_shape_note,
     read_config,
     signature_differences,
 )
@@ -393,6 +394,9 @@ def add_model(
     if exists:
         served = version if identical_to is None else identical_to
         config = _merge_with_existing(model_dir, config, served, replace_config, notes)
+    bounds_note = max_shape_note(config)
+    if bounds_note:
+        notes.append(bounds_note)
     config_text = config_to_text(config)
     config_path = model_dir / CONFIG_FILENAME
     config_unchanged = exists and config_path.is_file() and config_path.read_bytes() == config_text.encode()

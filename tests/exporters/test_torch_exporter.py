@@ -446,3 +446,18 @@ def test_user_files_import_under_stable_names(tmp_path: Path) -> None:
     finally:
         for n in [n for n in sys.modules if n.startswith("_accelserve_user_stable_stem_model")]:
             del sys.modules[n]
+
+
+def test_the_bound_reaches_the_repository_entry(workdir: Path, tmp_path: Path) -> None:
+    import json
+
+    from accelserve.onnx_io import axis_bounds, read_onnx
+    from accelserve.triton.python_model.model import MAX_SHAPE_PARAMETER
+    from accelserve.triton.repository import add_model
+
+    out = workdir / "positions_bound.onnx"
+    result = _export(src("LearnedPositions"), ["input_ids:2xseq=32:int64"], out, replace(FAST))
+    assert axis_bounds(read_onnx(out)) == {"seq": 32} == result.artifact.metadata["axis_max_sizes"]
+    added = add_model(out, tmp_path / "repo", "positions")
+    assert json.loads(added.config.parameters[MAX_SHAPE_PARAMETER].string_value) == {"input_ids": [32]}
+    assert any("input_ids dim 1 <= 32" in note for note in added.notes), added.notes
