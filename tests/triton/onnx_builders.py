@@ -145,3 +145,22 @@ def add_with_default(n: int = 4) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
         [bias],
     )
+
+
+def ragged_last() -> onnx.ModelProto:
+    """A model for Triton's ragged batching: INPUT is every request's elements in one 1-D tensor, INDEX the
+    accumulated element count per request (a BATCH_ACCUMULATED_ELEMENT_COUNT batch input); OUTPUT [requests, 1]
+    is the last element of each request, COUNT [requests, 1] the INDEX the model was given."""
+    one = numpy_helper.from_array(np.array(1, dtype=np.int32), "one")
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    return build(
+        [helper.make_node("Sub", ["INDEX", "one"], ["idx"]),
+         helper.make_node("Gather", ["INPUT", "idx"], ["last"], axis=0),
+         helper.make_node("Unsqueeze", ["last", "axes"], ["OUTPUT"]),
+         helper.make_node("Unsqueeze", ["INDEX", "axes"], ["COUNT"])],
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["n"]),
+         helper.make_tensor_value_info("INDEX", TensorProto.INT32, ["r"])],
+        [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["r", 1]),
+         helper.make_tensor_value_info("COUNT", TensorProto.INT32, ["r", 1])],
+        [one, axes],
+    )

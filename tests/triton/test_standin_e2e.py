@@ -36,6 +36,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]\n'
         'parameters { key: "accelserve_max_shape" value { string_value: "{\\"x\\": [3, -1]}" } }\n'
     )
+    ob.save(ob.ragged_last(), repo / "ragged" / "1" / "model.onnx")
+    (repo / "ragged" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]\n'
+        'batch_input [ { kind: BATCH_ACCUMULATED_ELEMENT_COUNT target_name: "INDEX" data_type: TYPE_INT32 '
+        'source_input: "INPUT" } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'dynamic_batching { max_queue_delay_microseconds: 200000 }\n'
+    )
     with TritonServer(repo, timeout=180) as server:
         yield server
 
@@ -129,3 +138,32 @@ def test_optional_input_left_out_uses_the_models_default(served: TritonServer) -
 def test_a_request_over_a_known_bound_gets_a_clear_error(served: TritonServer) -> None:
     with TritonClient(served.http_url) as client, pytest.raises(ServerError, match="at most 3 there"):
         client.infer("optional", {"x": np.ones((5, 4), dtype=np.float32)})
+
+
+def test_ragged_requests_are_concatenated_with_their_batch_input(served: TritonServer) -> None:
+    before = served.statistics("ragged")["model_stats"][0]
+    lengths = [3, 4, 5, 2]
+    results: dict[int, dict] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(lengths))
+
+    def send(k: int) -> None:
+        try:
+            with TritonClient(served.grpc_url) as client:
+                barrier.wait(timeout=30)
+                x = (np.arange(lengths[k], dtype=np.float32) + 100 * k)[None]
+                results[k] = client.infer("ragged", {"INPUT": x})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(lengths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    for k, n in enumerate(lengths):
+        assert results[k]["OUTPUT"].tolist() == [[100 * k + n - 1]]  # its own last element, wherever it sat
+    after = served.statistics("ragged")["model_stats"][0]
+    assert after["execution_count"] - before["execution_count"] < len(lengths)  # some shapes shared a batch
+    assert any(results[k]["COUNT"].item() > lengths[k] for k in range(len(lengths)))

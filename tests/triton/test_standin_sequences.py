@@ -105,3 +105,24 @@ def test_known_bounds_are_enforced_with_the_dim_named() -> None:
         pm.check_max_shape({"ids": np.zeros((2, 200))}, bounds, batching=True)
     with pytest.raises(ValueError, match="not JSON"):
         pm.max_shapes({"parameters": {pm.MAX_SHAPE_PARAMETER: {"string_value": "[1"}}})
+
+
+def test_ragged_inputs_are_flattened_and_batch_inputs_computed() -> None:
+    feeds = [{"x": np.arange(3, dtype=np.float32)[None], "k": np.ones((1, 2))},
+             {"x": np.arange(5, dtype=np.float32)[None], "k": np.ones((1, 2))}]
+    assert pm.compatible_groups(feeds) == [[0], [1]]  # shapes differ: not batchable unless ragged
+    assert pm.compatible_groups(feeds, frozenset({"x"})) == [[0, 1]]
+    batch, sizes = pm.concat_requests(feeds, frozenset({"x"}))
+    assert sizes == [1, 1] and batch["x"].tolist() == [0, 1, 2, 0, 1, 2, 3, 4] and batch["k"].shape == (2, 2)
+
+    def bi(kind: str, dtype: str = "TYPE_INT32") -> list[int]:
+        spec = {"kind": kind, "target_name": ["T"], "data_type": dtype, "source_input": ["x"]}
+        return pm.batch_input_tensors(feeds, [spec])["T"].tolist()
+
+    assert bi("BATCH_ELEMENT_COUNT") == [3, 5]
+    assert bi("BATCH_ACCUMULATED_ELEMENT_COUNT") == [3, 8]
+    assert bi("BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO") == [0, 3, 8]
+    assert len(bi("BATCH_MAX_ELEMENT_COUNT_AS_SHAPE", "TYPE_FP32")) == 5
+    assert bi("BATCH_ITEM_SHAPE") == [[3], [5]] and bi("BATCH_ITEM_SHAPE_FLATTEN") == [3, 5]
+    spec = {"target_name": ["T"], "data_type": "TYPE_FP32", "source_input": ["x"]}  # kind omitted: the enum's 0
+    assert pm.batch_input_tensors(feeds, [spec])["T"].dtype == np.float32

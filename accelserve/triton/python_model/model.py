@@ -80,21 +80,25 @@ def intra_op_threads(model_config: dict[str, Any], cpu_count: int | None = None)
     return max(1, cpus // instance_count(model_config))
 
 
-def compatible_groups(feeds: Sequence[Feeds]) -> list[list[int]]:
-    """Indices of requests that can be concatenated (same input names, dtypes and non-batch dims), in order.
+def compatible_groups(feeds: Sequence[Feeds], ragged: frozenset[str] = frozenset()) -> list[list[int]]:
+    """Indices of requests that can be concatenated (same input names, dtypes and non-batch dims, except the
+    ``ragged`` inputs' dims), in order.
 
     Triton's dynamic batcher only batches requests with equal shapes unless ragged batching is allowed, so this
     is normally a single group; it keeps the stand-in correct either way.
     """
     groups: dict[tuple, list[int]] = {}
     for i, feed in enumerate(feeds):
-        key = tuple(sorted((name, arr.dtype.str, arr.shape[1:]) for name, arr in feed.items()))
+        key = tuple(sorted((name, arr.dtype.str, None if name in ragged else arr.shape[1:])
+                           for name, arr in feed.items()))
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
-def concat_requests(feeds: Sequence[Feeds]) -> tuple[Feeds, list[int]]:
-    """Concatenate the inputs of several requests along dim 0; return the batch and each request's batch size."""
+def concat_requests(feeds: Sequence[Feeds], ragged: frozenset[str] = frozenset()) -> tuple[Feeds, list[int]]:
+    """Concatenate the inputs of several requests along dim 0; return the batch and each request's batch size.
+    ``ragged`` inputs (``allow_ragged_batch``) become one 1-D tensor of all their elements, as Triton's
+    onnxruntime backend gives them to the model."""
     if not feeds:
         raise ValueError("no requests to concatenate")
     names = list(feeds[0])
@@ -107,9 +111,60 @@ def concat_requests(feeds: Sequence[Feeds]) -> tuple[Feeds, list[int]]:
         bad = [n for n, a in feed.items() if a.shape[0] != size]
         if bad:
             raise ValueError(f"inputs of one request disagree on the batch size: {', '.join(bad)}")
-    if len(feeds) == 1:
+    if len(feeds) == 1 and not ragged:
         return dict(feeds[0]), sizes
-    return {name: np.concatenate([feed[name] for feed in feeds], axis=0) for name in names}, sizes
+    return {
+        name: np.concatenate([feed[name].reshape(-1) if name in ragged else feed[name] for feed in feeds], axis=0)
+        for name in names
+    }, sizes
+
+
+#: batch_input kinds the stand-in computes, as Triton's backends do (BackendInputCollector::BatchInputShape)
+BATCH_INPUT_KINDS = (
+    "BATCH_ELEMENT_COUNT", "BATCH_ACCUMULATED_ELEMENT_COUNT", "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO",
+    "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE", "BATCH_ITEM_SHAPE", "BATCH_ITEM_SHAPE_FLATTEN",
+)
+
+
+def batch_input_tensors(feeds: Sequence[Feeds], batch_inputs: Sequence[dict[str, Any]]) -> Feeds:
+    """The ``batch_input`` tensors of a batch of requests: element counts of the source input per request
+    ([requests]; accumulated; accumulated with a leading 0: [requests + 1]), a tensor shaped [max element count]
+    (zeros here; its content is unspecified), or the shape of every batch item without the batch dim
+    ([batch, rank - 1], or flattened)."""
+    out: Feeds = {}
+    for spec in batch_inputs:
+        kind = str(spec.get("kind") or "BATCH_ELEMENT_COUNT")  # protobuf JSON omits the enum's 0
+        source = (spec.get("source_input") or [""])[0]
+        dtype = _CONFIG_NUMPY.get(str(spec.get("data_type")), np.float32)
+        missing = [i for i, feed in enumerate(feeds) if source not in feed]
+        if missing:
+            raise ValueError(f"batch_input {kind} needs input {source}, which request(s) {missing} left out")
+        counts = [int(feed[source].size) for feed in feeds]
+        if kind == "BATCH_ELEMENT_COUNT":
+            value = np.array(counts)
+        elif kind == "BATCH_ACCUMULATED_ELEMENT_COUNT":
+            value = np.cumsum(counts)
+        elif kind == "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO":
+            value = np.concatenate([[0], np.cumsum(counts)])
+        elif kind == "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE":
+            value = np.zeros(max(counts))
+        elif kind in ("BATCH_ITEM_SHAPE", "BATCH_ITEM_SHAPE_FLATTEN"):
+            rows = [list(feed[source].shape[1:]) for feed in feeds for _ in range(feed[source].shape[0])]
+            value = np.array(rows).reshape(len(rows), -1)
+            if kind == "BATCH_ITEM_SHAPE_FLATTEN":
+                value = value.reshape(-1)
+        else:
+            raise ValueError(f"batch_input kind {kind} is not one the stand-in knows ({', '.join(BATCH_INPUT_KINDS)})")
+        for target in spec.get("target_name") or []:
+            out[str(target)] = np.asarray(value).astype(dtype)
+    return out
+
+
+_CONFIG_NUMPY = {
+    "TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_FP64": np.float64, "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64, "TYPE_UINT32": np.uint32, "TYPE_UINT64": np.uint64, "TYPE_INT8": np.int8,
+    "TYPE_UINT8": np.uint8, "TYPE_INT16": np.int16, "TYPE_UINT16": np.uint16,
+}
 
 
 def split_outputs(outputs: Feeds, sizes: Sequence[int]) -> list[Feeds]:
@@ -125,9 +180,11 @@ def split_outputs(outputs: Feeds, sizes: Sequence[int]) -> list[Feeds]:
     return [{name: arr[bounds[i]:bounds[i + 1]] for name, arr in outputs.items()} for i in range(len(sizes))]
 
 
-def run_requests(run: RunFn, feeds: Sequence[Feeds], batching: bool) -> list[Feeds | Exception]:
-    """Run every request's feeds: with ``batching`` one ``run`` call per group of compatible requests, else one
-    call per request. A failure becomes that request's (or that group's) result instead of failing the rest."""
+def run_requests(run: RunFn, feeds: Sequence[Feeds], batching: bool, ragged: frozenset[str] = frozenset(),
+                 batch_inputs: Sequence[dict[str, Any]] = ()) -> list[Feeds | Exception]:
+    """Run every request's feeds: with ``batching`` one ``run`` call per group of compatible requests (ragged
+    inputs flattened, ``batch_inputs`` added), else one call per request. A failure becomes that request's (or
+    that group's) result instead of failing the rest."""
     results: list[Feeds | Exception] = [ValueError("not run")] * len(feeds)
     if not batching:
         for i, feed in enumerate(feeds):
@@ -136,9 +193,10 @@ def run_requests(run: RunFn, feeds: Sequence[Feeds], batching: bool) -> list[Fee
             except Exception as exc:  # noqa: BLE001 - reported to the client as this request's error
                 results[i] = exc
         return results
-    for group in compatible_groups(feeds):
+    for group in compatible_groups(feeds, ragged):
         try:
-            batch, sizes = concat_requests([feeds[i] for i in group])
+            batch, sizes = concat_requests([feeds[i] for i in group], ragged)
+            batch.update(batch_input_tensors([feeds[i] for i in group], batch_inputs))
             for i, out in zip(group, split_outputs(run(batch), sizes), strict=True):
                 results[i] = out
         except Exception as exc:  # noqa: BLE001 - every request of the group gets the error
@@ -276,14 +334,15 @@ class TritonPythonModel:
                 {n: (np.dtype(_ORT_NUMPY.get(i.type, object)), list(i.shape)) for n, i in onnx_inputs.items()},
                 onnx_outputs, self.batching,
             )
-        ragged = [i["name"] for i in self.config.get("input") or [] if i.get("allow_ragged_batch")]
-        if ragged or self.config.get("batch_input"):
+        self.ragged = frozenset(i["name"] for i in self.config.get("input") or [] if i.get("allow_ragged_batch"))
+        self.batch_inputs = list(self.config.get("batch_input") or [])
+        if (self.ragged or self.batch_inputs) and not self.batching:
             raise ValueError(
-                f"{self.name}: the ONNX Runtime stand-in cannot run ragged batches (allow_ragged_batch on "
-                f"{ragged or 'no input'}, batch_input {[b.get('kind') for b in self.config.get('batch_input') or []]}): "
-                "Triton's onnxruntime backend concatenates ragged inputs and computes batch_input tensors, which the "
-                "stand-in does not. Serve this model with a full Triton install"
+                f"{self.name}: the ONNX Runtime stand-in runs ragged inputs and batch_input only on batching models "
+                "(max_batch_size > 0); serve this model with a full Triton install"
             )
+        for spec in self.batch_inputs:
+            extra |= {str(t) for t in spec.get("target_name") or []}
         self.input_names = [i["name"] for i in self.config.get("input") or []]
         self.outputs = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.config.get("output") or []
@@ -364,8 +423,8 @@ class TritonPythonModel:
             infos.append(info)
         runnable = [i for i in range(len(requests)) if i not in early]
         results: list[Feeds | Exception] = [early[i] if i in early else ValueError("not run") for i in range(len(requests))]
-        for i, result in zip(runnable, run_requests(self._run, [feeds[i] for i in runnable], self.batching),
-                             strict=True):
+        ran = run_requests(self._run, [feeds[i] for i in runnable], self.batching, self.ragged, self.batch_inputs)
+        for i, result in zip(runnable, ran, strict=True):
             results[i] = result
             if self.states is not None and not isinstance(result, Exception):
                 self.states.update(result, infos[i])
