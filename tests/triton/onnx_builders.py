@@ -164,3 +164,14 @@ def ragged_last() -> onnx.ModelProto:
          helper.make_tensor_value_info("COUNT", TensorProto.INT32, ["r", 1])],
         [one, axes],
     )
+
+
+def running_sum() -> onnx.ModelProto:
+    """OUTPUT_STATE = OUTPUT = INPUT + INPUT_STATE, int32 [batch, 1]: no reset on START, so the initial state shows."""
+    i32 = lambda name: helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", 1])  # noqa: E731
+    return build(
+        [helper.make_node("Add", ["INPUT", "INPUT_STATE"], ["OUTPUT_STATE"]),
+         helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"])],
+        [i32("INPUT"), i32("INPUT_STATE")],
+        [i32("OUTPUT"), i32("OUTPUT_STATE")],
+    )

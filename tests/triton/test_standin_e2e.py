@@ -36,6 +36,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]\n'
         'parameters { key: "accelserve_max_shape" value { string_value: "{\\"x\\": [3, -1]}" } }\n'
     )
+    ob.save(ob.running_sum(), repo / "from_file" / "1" / "model.onnx")
+    (repo / "from_file" / "initial_state").mkdir()
+    (repo / "from_file" / "initial_state" / "start.bin").write_bytes(np.array([100], dtype=np.int32).tobytes())
+    (repo / "from_file" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+        'input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'sequence_batching { oldest { max_candidate_sequences: 4 }\n'
+        '  state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_INT32 dims: [ 1 ]\n'
+        '            initial_state: { data_type: TYPE_INT32 dims: [ 1 ] data_file: "start.bin" name: "hundred" } } ] }\n'
+    )
     ob.save(ob.ragged_last(), repo / "ragged" / "1" / "model.onnx")
     (repo / "ragged" / "config.pbtxt").write_text(
         'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
@@ -115,6 +126,13 @@ def test_a_new_start_resets_the_state(served: TritonServer) -> None:
     _run_sequence(served.http_url, "acc_direct", 7, [5, 6], results, errors)
     _run_sequence(served.http_url, "acc_direct", 7, [1, 2], results, errors)
     assert not errors and [o for o, _ in results[7]] == [1, 3]
+
+
+def test_the_initial_state_comes_from_its_data_file_then_the_state_is_carried(served: TritonServer) -> None:
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+    _run_sequence(served.grpc_url, "from_file", 77, [1, 2, 3], results, errors)
+    assert not errors and [o for o, _ in results[77]] == [101, 103, 106]
 
 
 def test_a_sequence_idle_past_its_timeout_is_ended(served: TritonServer) -> None:
