@@ -24,7 +24,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonSer
     models["bounded"] = ob.save(ob.identity(("batch", "seq")), repo / "bounded" / "1" / "model.onnx")
     (repo / "bounded" / "config.pbtxt").write_text(
         'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
-        'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] } ]\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
         'parameters { key: "accelserve_max_shape" value { string_value: "{\\"x\\": [128]}" } }\n'
     )
     with TritonServer(repo, timeout=180) as server:
@@ -50,7 +51,8 @@ def test_unicode_npz_over_grpc(served, tmp_path: Path, capsys: pytest.CaptureFix
     assert "w\\xc3\\xb6rld" in out
 
 
-def test_fixed_string_data_through_string_arithmetic(served, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_fixed_string_data_through_string_arithmetic(served,  # noqa: ANN001
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     server, models = served
     code = main(["infer", server.grpc_url, "simple_string", "--random", "--string-data", "21",
                  "--compare", str(models["simple_string"])])

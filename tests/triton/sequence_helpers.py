@@ -17,7 +17,8 @@ def accumulator_config(name: str, *, strategy: str = "direct", ready: bool = Tru
                        max_batch_size: int = 8, instances: int = 1, idle_us: int = 5_000_000) -> str:
     controls = ['{ name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }']
     if ready:
-        controls.append('{ name: "READY" control [ { kind: CONTROL_SEQUENCE_READY bool_false_true: [ false, true ] } ] }')
+        controls.append(
+            '{ name: "READY" control [ { kind: CONTROL_SEQUENCE_READY bool_false_true: [ false, true ] } ] }')
     if corrid:
         controls.append('{ name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }')
     outputs = ['{ name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }']
@@ -60,6 +61,7 @@ dynamic_batching { max_queue_delay_microseconds: 20000 }
 platform: "onnxruntime_onnx"
 max_batch_size: 8
 input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_STRING dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_STRING dims: [ 16 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 16 ] },
+         { name: "OUTPUT1" data_type: TYPE_STRING dims: [ 16 ] } ]
 """),
     }

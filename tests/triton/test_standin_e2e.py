@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +44,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
         'sequence_batching { oldest { max_candidate_sequences: 4 }\n'
         '  state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_INT32 dims: [ 1 ]\n'
-        '            initial_state: { data_type: TYPE_INT32 dims: [ 1 ] data_file: "start.bin" name: "hundred" } } ] }\n'
+        '            initial_state: { data_type: TYPE_INT32 dims: [ 1 ] data_file: "start.bin"\n'
+        '                             name: "hundred" } } ] }\n'
     )
     ob.save(ob.ragged_last(), repo / "ragged" / "1" / "model.onnx")
     (repo / "ragged" / "config.pbtxt").write_text(
@@ -53,7 +53,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         'input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]\n'
         'batch_input [ { kind: BATCH_ACCUMULATED_ELEMENT_COUNT target_name: "INDEX" data_type: TYPE_INT32 '
         'source_input: "INPUT" } ]\n'
-        'output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] },\n'
+        '         { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
         'dynamic_batching { max_queue_delay_microseconds: 200000 }\n'
     )
     with TritonServer(repo, timeout=180) as server:

@@ -291,7 +291,8 @@ def check_max_shape(feed: Feeds, bounds: dict[str, list[int]], batching: bool) -
         for axis, (size, limit) in enumerate(zip(dims, limits, strict=False)):
             if limit >= 0 and size > limit:
                 raise ValueError(
-                    f"input {name} has {size} along dim {axis + (1 if batching else 0)} (shape {list(feed[name].shape)}), "
+                    f"input {name} has {size} along dim {axis + (1 if batching else 0)} "
+                    f"(shape {list(feed[name].shape)}), "
                     f"but the model supports at most {limit} there (config parameter {MAX_SHAPE_PARAMETER}, the bound "
                     "found when the model was exported)"
                 )
@@ -422,7 +423,7 @@ class TritonPythonModel:
             feeds.append(seqs.model_feed(feed, self.onnx_input_names))
             infos.append(info)
         runnable = [i for i in range(len(requests)) if i not in early]
-        results: list[Feeds | Exception] = [early[i] if i in early else ValueError("not run") for i in range(len(requests))]
+        results: list[Feeds | Exception] = [early.get(i, ValueError("not run")) for i in range(len(requests))]
         ran = run_requests(self._run, [feeds[i] for i in runnable], self.batching, self.ragged, self.batch_inputs)
         for i, result in zip(runnable, ran, strict=True):
             results[i] = result

@@ -109,7 +109,8 @@ def _control_dtype(control: dict[str, Any]) -> np.dtype:
         return np.dtype(np.bool_)
     data_type = control.get("data_type") or "TYPE_INVALID"
     if data_type not in _NUMPY:
-        raise SequenceConfigError(f"control {control.get('kind')} has data_type {data_type}, which Triton does not allow")
+        raise SequenceConfigError(
+            f"control {control.get('kind')} has data_type {data_type}, which Triton does not allow")
     return np.dtype(_NUMPY[data_type])
 
 
