@@ -46,14 +46,16 @@ def test_state_follows_its_sequence_and_start_end_reset_it() -> None:
     assert states.apply(initial, start) is initial  # START: the initial state Triton supplies
     states.update({"OUT_S": np.array([[3, 4]])}, start)
     states.update({"OUT_S": np.array([[9, 9]])}, sq.RequestInfo(6, sq.FLAG_START))
+    states.apply(initial, sq.RequestInfo(7, sq.FLAG_START))  # a START that then fails: the initial state stays
+    assert states.apply(initial, sq.RequestInfo(7, 0))["IN_S"].tolist() == [[0, 0]]
     fed = states.apply(initial, sq.RequestInfo(5, 0))
     assert fed["IN_S"].tolist() == [[3, 4]] and fed["IN_S"].dtype == np.int32
     states.update({"OUT_S": np.array([[1, 1]])}, sq.RequestInfo(5, sq.FLAG_END))
-    assert 5 not in states.entries and 6 in states.entries
+    assert 5 not in states.entries and 6 in states.entries and 7 in states.entries
     with pytest.raises(ValueError, match="no state"):
         states.apply(initial, sq.RequestInfo(5, 0))
     now[0] = 2.5  # past max_sequence_idle_microseconds: Triton has ended sequence 6
-    assert states.expire() == [6]
+    assert states.expire() == [6, 7]
 
 
 def test_null_requests_never_touch_a_sequences_state() -> None:

@@ -227,7 +227,11 @@ class SequenceStates:
     def apply(self, feed: dict[str, np.ndarray], info: RequestInfo) -> dict[str, np.ndarray]:
         """The feed with each state input replaced by the sequence's state (kept as Triton supplied it on START
         and for null requests). Raises ValueError when a continuing sequence has no state here."""
-        if not self.spec.states or not info.ready or info.start:
+        if not self.spec.states or not info.ready:
+            return feed
+        if info.start:  # kept now, so that a failed START leaves the initial state, as Triton would
+            initial = {s.input_name: np.array(feed[s.input_name]) for s in self.spec.states if s.input_name in feed}
+            self.entries[info.correlation_id] = _Entry(initial, self.clock())
             return feed
         entry = self.entries.get(info.correlation_id)
         if entry is None:
