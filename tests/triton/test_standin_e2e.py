@@ -81,6 +81,16 @@ def test_string_arithmetic_casts_like_onnxruntime(served: TritonServer) -> None:
 def test_non_utf8_bytes_get_a_clear_error(served: TritonServer) -> None:
     with TritonClient(served.http_url) as client, pytest.raises(ServerError, match="not UTF-8"):
         client.infer("strings", {"INPUT0": np.array([[b"\xff\xfe"]], dtype=object)})
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    raw = httpclient.InferenceServerClient(served.http_url.split("://")[1])
+    tensor = httpclient.InferInput("INPUT0", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"\xff"]], dtype=object))
+    with pytest.raises(InferenceServerException) as info:
+        raw.infer("strings", [tensor])
+    raw.close()
+    assert info.value.status() == "400"  # the request's fault (INVALID_ARG), not the server's
 
 
 def _run_sequence(url: str, model: str, seq_id: int, values: list[int], results: dict, errors: list,

@@ -46,6 +46,10 @@ Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Feeds]
 
 
+class RequestError(ValueError):
+    """A request the stand-in refuses because of its inputs (sent to the client as INVALID_ARG, HTTP 400)."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Plain helpers (no Triton, no ONNX Runtime): unit-tested directly
 
@@ -250,7 +254,7 @@ def to_onnx_strings(name: str, array: np.ndarray) -> np.ndarray:
             try:
                 flat_out[i] = bytes(item).decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(
+                raise RequestError(
                     f"input {name}: element {i} is not UTF-8 text ({bytes(item)[:20]!r}...); the ONNX Runtime "
                     "stand-in passes strings through ONNX Runtime's Python API, which takes only UTF-8. Triton's "
                     "native onnxruntime backend passes raw bytes: serve with a full Triton install for binary strings"
@@ -290,7 +294,7 @@ def check_max_shape(feed: Feeds, bounds: dict[str, list[int]], batching: bool) -
         dims = feed[name].shape[1:] if batching else feed[name].shape
         for axis, (size, limit) in enumerate(zip(dims, limits, strict=False)):
             if limit >= 0 and size > limit:
-                raise ValueError(
+                raise RequestError(
                     f"input {name} has {size} along dim {axis + (1 if batching else 0)} "
                     f"(shape {list(feed[name].shape)}), "
                     f"but the model supports at most {limit} there (config parameter {MAX_SHAPE_PARAMETER}, the bound "
@@ -375,10 +379,9 @@ class TritonPythonModel:
         )
 
     def _run(self, feeds: Feeds) -> Feeds:
-        feeds = {k: (to_onnx_strings(k, v) if k in self.string_inputs else v) for k, v in feeds.items()}
         missing = [n for n in self.session.get_inputs() if n.name not in feeds]
         if missing:
-            raise ValueError(
+            raise RequestError(
                 f"input(s) {[n.name for n in missing]} left out of the request, but the ONNX model needs them (an "
                 "optional config input must have a default in the ONNX model: an initializer of the same name)"
             )
@@ -414,12 +417,13 @@ class TritonPythonModel:
             info = None
             try:
                 check_max_shape(feed, self.bounds, self.batching)
+                feed = {k: (to_onnx_strings(k, v) if k in self.string_inputs else v) for k, v in feed.items()}
                 if self.sequence is not None:
                     cid = request.correlation_id()
                     info = seqs.RequestInfo(cid, int(request.flags()), seqs.request_ready(feed, self.sequence, cid))
                     feed = self.states.apply(feed, info)
-            except ValueError as exc:
-                early[index] = exc
+            except ValueError as exc:  # the request's own inputs or sequence
+                early[index] = exc if isinstance(exc, RequestError) else RequestError(str(exc))
             feeds.append(seqs.model_feed(feed, self.onnx_input_names))
             infos.append(info)
         runnable = [i for i in range(len(requests)) if i not in early]
@@ -432,9 +436,7 @@ class TritonPythonModel:
         responses = []
         for result in results:
             if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"ONNX Runtime stand-in: {result}")
-                ))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_triton_error(pb_utils, result)))
             else:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(name, arr) for name, arr in result.items() if name in self.outputs]
@@ -444,6 +446,13 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.session = None
         self.states = None
+
+
+def _triton_error(pb_utils: Any, exc: Exception) -> Any:
+    """The response error: INVALID_ARG for a request's own fault, INTERNAL for ONNX Runtime's failures."""
+    message = f"ONNX Runtime stand-in: {exc}"
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if isinstance(exc, RequestError) else "INTERNAL", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 #: ONNX Runtime input type -> numpy dtype (for checking sequence controls)
