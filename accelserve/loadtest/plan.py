@@ -109,7 +109,7 @@ def build_plan(
     sequence_length: int | None = None,
 ) -> RequestPlan:
     """Check the server and the model and decide the request; every problem is a user error raised here."""
-    from accelserve.triton.client import load_inputs, request_shape
+    from accelserve.triton.client import check_max_shapes, load_inputs, request_shape
 
     client.check_live()
     info = client.model_info(model)  # lists the loaded models when ``model`` is not one of them
@@ -158,6 +158,7 @@ def build_plan(
                 hint=f"use --batch {info.max_batch_size} or less, or raise max_batch_size in the model's config",
             )
 
+    check_max_shapes(info, {name: np.broadcast_to(np.zeros((), np.int8), shape) for name, shape in shaped.items()})
     sequence_length, notes = _sequence_length(info, sequence_length, effective)
     if string_length < 0:
         raise InvalidInputError(f"--string-length must be >= 0, got {string_length}")

@@ -89,3 +89,10 @@ def test_infer_refuses_a_shape_over_the_known_bound(served, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "x has 200 along dim 1" in err and "at most 128" in err
     assert "the server would refuse this request" in err  # checked before sending
+
+
+def test_loadtest_refuses_a_shape_over_the_known_bound_before_the_run(served,  # noqa: ANN001
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    server, _ = served
+    code = main(["loadtest", server.http_url, "bounded", "--shape", "x=1x200", "--duration", "1"])
+    assert code == 1 and "at most 128" in capsys.readouterr().err
