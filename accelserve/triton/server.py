@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 
 #: seconds between SIGTERM and SIGKILL when stopping: `serve` must be gone within 5 s of a signal. Triton checks
 #: every second whether its models have unloaded (each python-backend stub takes ~1 s to finish), so a clean exit
-#: takes 2-3 s; whatever is left after the grace (server, stubs) is killed and its shared memory removed
-STOP_GRACE_S = 3.0
+#: takes 2-3 s; whatever is left after the grace (server, stubs) is killed and its shared memory removed, so
+#: `serve` exits within 5 s even on a busy machine (python start-up and teardown take the rest)
+STOP_GRACE_S = 2.5
 #: seconds Triton waits for in-flight requests and model unloads on shutdown before it exits anyway
 EXIT_TIMEOUT_S = 3
 #: Triton log lines worth quoting when start-up fails

@@ -4,6 +4,7 @@ no shared-memory segment behind, with stand-in models (two instances, a sequence
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from accelserve.triton.client import TritonClient
 from tests.cli.test_serve_infer_cli import READY_TIMEOUT_S, _start_serve, _url
+from tests.triton import onnx_builders as ob
 from tests.triton.sequence_helpers import add_accumulator, add_string_models
 from tests.triton.serve_helpers import pid_alive
 
@@ -54,6 +56,46 @@ def test_serve_stops_within_5s_leaving_no_process_or_shared_memory(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
     print(f"serve stopped {elapsed:.2f} s after {signal.Signals(signum).name}")
+    assert code == 0, "\n".join(lines)
+    assert elapsed < STOP_WITHIN_S, f"serve took {elapsed:.2f} s to stop"
+    assert not [p for p in processes if pid_alive(p)]
+    assert not sorted(Path("/dev/shm").glob(f"accelserve{proc.pid}_*"))
+
+
+@pytest.mark.e2e
+def test_serve_stops_within_5s_with_a_request_still_running(tmp_path: Path) -> None:
+    """Triton waits for in-flight requests up to its exit timeout; a request that runs for seconds must not hold
+    `serve` past the promise."""
+    repo = tmp_path / "repo"
+    ob.save(ob.slow(), repo / "slow" / "1" / "model.onnx")
+    (repo / "slow" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1, 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1, 1 ] } ]\n'
+    )
+    proc, lines, ready = _start_serve(repo)
+    try:
+        assert ready.wait(READY_TIMEOUT_S) and proc.poll() is None, "\n".join(lines)
+        url = _url(lines, "HTTP")
+
+        def send() -> None:
+            try:
+                with TritonClient(url, infer_timeout=60) as client:
+                    client.infer("slow", {"x": np.ones((1, 1), dtype=np.float32)})
+            except Exception:  # noqa: BLE001 - the server goes away under it: expected
+                pass
+
+        threading.Thread(target=send, daemon=True).start()
+        time.sleep(1.5)  # the request is running (it needs several seconds of CPU)
+        processes = _descendants(proc.pid)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"serve stopped {elapsed:.2f} s after SIGTERM with a request running")
     assert code == 0, "\n".join(lines)
     assert elapsed < STOP_WITHIN_S, f"serve took {elapsed:.2f} s to stop"
     assert not [p for p in processes if pid_alive(p)]

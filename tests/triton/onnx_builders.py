@@ -175,3 +175,22 @@ def running_sum() -> onnx.ModelProto:
         [i32("INPUT"), i32("INPUT_STATE")],
         [i32("OUTPUT"), i32("OUTPUT_STATE")],
     )
+
+
+def slow(size: int = 2048, steps: int = 24) -> onnx.ModelProto:
+    """y [batch, 1] from x [batch, 1] through ``steps`` MatMuls of [size, size] (seconds of CPU per request):
+    a request that is still running when the server is told to stop."""
+    w = numpy_helper.from_array(np.full((size, size), 1.0 / size, dtype=np.float32), "W")
+    shape = numpy_helper.from_array(np.array([size, size], dtype=np.int64), "shape")
+    nodes = [helper.make_node("Expand", ["x", "shape"], ["h0"])]
+    for i in range(steps):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "W"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("ReduceMean", [f"h{steps}"], ["m"], keepdims=1))
+    nodes.append(helper.make_node("Expand", ["m", "ones"], ["y"]))
+    ones = numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "ones")
+    return build(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [w, shape, ones],
+    )
