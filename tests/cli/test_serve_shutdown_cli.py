@@ -33,7 +33,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT])  # SIGTERM: the test below (and test_serve_infer_cli)
 def test_serve_stops_within_5s_leaving_no_process_or_shared_memory(tmp_path: Path, signum: int) -> None:
     repo = tmp_path / "repo"
     add_string_models(repo)
