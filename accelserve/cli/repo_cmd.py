@@ -118,15 +118,18 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     from accelserve.triton.repository import list_models
-    from accelserve.triton.validate import validate_repository
+    from accelserve.triton.validate import errors, validate_repository
 
     problems = validate_repository(args.repo)
     for problem in problems:
         print(problem, file=sys.stderr)
-    if problems:
-        print(f"{args.repo}: {len(problems)} problem(s)", file=sys.stderr)
+    failed = errors(problems)
+    warned = len(problems) - len(failed)
+    if failed:
+        print(f"{args.repo}: {len(failed)} problem(s)" + (f", {warned} warning(s)" if warned else ""), file=sys.stderr)
         return 1
-    print(f"{args.repo}: {len(list_models(args.repo))} model(s), no problems")
+    print(f"{args.repo}: {len(list_models(args.repo))} model(s), no problems" + (f", {warned} warning(s)" if warned
+                                                                               else ""))
     return 0
 
 

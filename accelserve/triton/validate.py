@@ -1,38 +1,31 @@
-"""``accelserve repo validate``: find every problem in a Triton model repository, written by anyone.
+"""``accelserve repo validate``: check a model repository the way Triton would load it, without a server.
 
-Checks, per model directory: the name (Triton's rules; hidden directories are loaded as models too), that
-``config.pbtxt`` parses as Triton's ``ModelConfig`` (file, line and column on errors), the config's own consistency
-(the checks Triton's ``ValidateModelConfig`` and ``ValidateIOShape`` make: dims, reshape sizes, preferred batch
-sizes, name vs directory), that each version Triton would load under ``version_policy`` has its model file, and for
-ONNX models that input/output names, types and dims match the model file the way Triton's onnxruntime backend
-compares them (``max_batch_size > 0`` adds a dynamic batch dim; ``reshape`` gives the model-side shape; a dynamic
-model dim accepts any config dim, a fixed one must match). All problems are collected; nothing stops at the first.
+Checked per model directory: the name, the ``config.pbtxt`` syntax (file, line and column on errors), Triton
+core's rules for the config (:mod:`accelserve.triton.core_rules`: dims and reshape, dynamic and sequence
+batching with control and state tensors, ensembles, instance groups, warmup), that each version Triton would load
+under ``version_policy`` has its model file, and for ONNX models what Triton's onnxruntime backend checks against
+the model file (:mod:`accelserve.triton.ort_rules`). A config left out or without inputs/outputs is auto-completed
+as Triton does for ONNX models. Values Triton accepts but no machine could serve (a billion instances, a batch
+larger than the memory) are errors; values this machine cannot serve well are warnings. All problems are
+collected; nothing stops at the first.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from accelserve.errors import InvalidModelError, RepositoryError
-from accelserve.onnx_io import read_onnx
-from accelserve.triton.config import (
-    CONFIG_FILENAME,
-    ONNX_BACKEND,
-    ONNX_PLATFORM,
-    ConfigParseError,
-    TensorSignature,
-    graph_signature,
-    read_config,
-)
+from accelserve.errors import RepositoryError
 from accelserve.tensorrt.accelerator import accelerator_problems
 from accelserve.tensorrt.plan_entry import plan_problems
-from accelserve.triton.dtypes import onnx_to_triton, onnx_type_name, triton_type_name
+from accelserve.triton.config import CONFIG_FILENAME, ONNX_BACKEND, ONNX_PLATFORM, ConfigParseError, read_config
+from accelserve.triton.core_rules import ENSEMBLE_PLATFORM, core_problems
 from accelserve.triton.naming import triton_name_problems
+from accelserve.triton.ort_rules import onnx_problems
 from accelserve.triton.repository import STAGING_MARKER, staging_leftovers, version_dirs
 
 #: platform -> (backend, default model filename), as Triton's core maps them
@@ -52,23 +45,35 @@ BACKEND_FILENAMES = {
     "python": "model.py",
     "openvino": "model.xml",
 }
-WILDCARD = -1
+#: model files from which Triton's core auto-completes the backend of a config that names none
+AUTOCOMPLETE_FILES = {"model.onnx": "onnxruntime", "model.plan": "tensorrt", "model.pt": "pytorch",
+                      "model.savedmodel": "tensorflow", "model.graphdef": "tensorflow", "model.xml": "openvino"}
+#: bytes each model instance needs at the least besides its weights (a session, its threads and arenas)
+INSTANCE_OVERHEAD_BYTES = 16 << 20
+#: CPU instances per core above which the instances only compete for the cores
+INSTANCES_PER_CPU_WARNING = 4
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong in a repository: where (file, and line/column when known) and what."""
+    """One thing wrong in a repository: where (file, and line/column when known) and what. A ``warning`` does not
+    stop Triton from loading the model, but it will not serve well here."""
 
     path: Path
     message: str
     line: int | None = None
     column: int | None = None
+    severity: str = "error"
 
     def __str__(self) -> str:
         where = str(self.path)
         if self.line is not None:
             where += f":{self.line}" + (f":{self.column}" if self.column is not None else "")
-        return f"{where}: {self.message}"
+        return f"{where}: {'warning: ' if self.severity == 'warning' else ''}{self.message}"
+
+
+def errors(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]
 
 
 def validate_repository(repo: str | Path) -> list[Problem]:
@@ -92,6 +97,22 @@ def validate_repository(repo: str | Path) -> list[Problem]:
     return problems
 
 
+def _autocomplete_backend(config: mc.ModelConfig, model_dir: Path) -> None:
+    """AutoCompleteBackendFields (Triton core): fill backend/platform from each other or from the model file."""
+    if not config.backend and config.platform in PLATFORMS:
+        config.backend = PLATFORMS[config.platform][0]
+    if not config.backend and not config.platform:
+        versions = version_dirs(model_dir)
+        latest = versions[max(versions)] if versions else None
+        filename = config.default_model_filename
+        for candidate, backend in AUTOCOMPLETE_FILES.items():
+            if (filename or candidate) == candidate and latest is not None and (latest / candidate).exists():
+                config.backend = backend
+                break
+    if config.backend == ONNX_BACKEND and not config.platform:
+        config.platform = ONNX_PLATFORM
+
+
 def validate_model_dir(model_dir: str | Path, *, repository_models: Iterable[str] | None = None) -> list[Problem]:
     """Every problem of one model directory; ``repository_models`` lets ensemble steps be checked."""
     model_dir = Path(model_dir)
@@ -104,16 +125,24 @@ def validate_model_dir(model_dir: str | Path, *, repository_models: Iterable[str
                                            "model, hidden ones included; move it out of the repository"))
         return problems
     config_path = model_dir / CONFIG_FILENAME
-    if not config_path.is_file():
-        problems.append(Problem(config_path, f"missing {CONFIG_FILENAME} (Triton can auto-complete configs only for "
-                                             "some backends, and not with --disable-auto-complete-config)"))
-        return problems
-    try:
-        config = read_config(config_path)
-    except ConfigParseError as exc:
-        return [*problems, Problem(config_path, exc.detail, exc.line, exc.column)]
-    except RepositoryError as exc:
-        return [*problems, Problem(config_path, exc.message)]
+    if config_path.is_file():
+        try:
+            config = read_config(config_path)
+        except ConfigParseError as exc:
+            return [*problems, Problem(config_path, exc.detail, exc.line, exc.column)]
+        except RepositoryError as exc:
+            return [*problems, Problem(config_path, exc.message)]
+    else:
+        config = mc.ModelConfig()  # Triton auto-completes a missing config from the model file, where it can
+    _autocomplete_backend(config, model_dir)
+    if not config.name:
+        config.name = model_dir.name
+    if not config.backend and not config.platform:
+        if not config_path.is_file():
+            return [*problems, Problem(config_path, f"missing {CONFIG_FILENAME}, and no model file from which Triton "
+                                                    "could auto-complete one (model.onnx, model.plan, model.pt, ...)")]
+        return [*problems, Problem(config_path, f"Could not determine backend for model '{model_dir.name}' with no "
+                                                "backend in model configuration: set 'backend' or 'platform'")]
     problems += [Problem(config_path, m) for m in config_problems(config, model_dir, repository_models)]
     problems += _version_problems(config, model_dir, config_path)
     return problems
@@ -123,57 +152,14 @@ def validate_model_dir(model_dir: str | Path, *, repository_models: Iterable[str
 # The config on its own
 
 
-def _element_count(dims: Sequence[int]) -> int:
-    return WILDCARD if WILDCARD in dims else math.prod(dims)
-
-
-def _chunks(dims: Sequence[int]) -> list[int]:
-    """Element counts of the runs between variable-size dims (Triton's reshape rule)."""
-    out, current = [], 1
-    for d in dims:
-        if d == WILDCARD:
-            out.append(current)
-            current = 1
-        else:
-            current *= d
-    return [*out, current]
-
-
-def _io_problems(kind: str, entry: mc.ModelInput | mc.ModelOutput, max_batch_size: int) -> list[str]:
-    if not entry.name:
-        return [f"an {kind} has no name"]
-    label = f"{kind} '{entry.name}'"
-    out = []
-    if entry.data_type == mc.TYPE_INVALID:
-        out.append(f"{label} has no data_type")
-    if not entry.dims:
-        out.append(f"{label} has no dims")
-    if any(d < 1 and d != WILDCARD for d in entry.dims):
-        out.append(f"{label} dims {list(entry.dims)}: each dim must be >= 1, or -1 for a variable size")
-    if entry.HasField("reshape"):
-        shape = list(entry.reshape.shape)
-        if not shape and max_batch_size == 0:
-            out.append(f"{label} has an empty reshape, which a non-batching model cannot have (scalars)")
-        if any(d < 1 and d != WILDCARD for d in shape):
-            out.append(f"{label} reshape {shape}: each dim must be >= 1, or -1 for a variable size")
-        dims_count, reshape_count = _element_count(entry.dims), _element_count(shape)  # empty reshape counts 1
-        size_ok = dims_count == reshape_count
-        if size_ok and dims_count == WILDCARD:
-            size_ok = _chunks(entry.dims) == _chunks(shape)
-        if not size_ok:
-            out.append(f"{label} dims {list(entry.dims)} and reshape {shape} hold different numbers of elements")
-    return out
-
-
 def _platform_problems(config: mc.ModelConfig) -> list[str]:
-    if config.platform and config.platform not in PLATFORMS:
-        return [f"unknown platform '{config.platform}' (known: {', '.join(PLATFORMS)})"]
-    if config.platform and config.backend:
+    if config.platform and config.platform not in PLATFORMS and not config.backend:
+        return [f"unexpected platform type '{config.platform}' (known: {', '.join(PLATFORMS)})"]
+    if config.platform in PLATFORMS and config.backend and config.platform != ENSEMBLE_PLATFORM:
         expected = PLATFORMS[config.platform][0]
-        if expected and config.backend != expected:
-            return [f"platform '{config.platform}' runs on backend '{expected}', but backend is '{config.backend}'"]
-    if not config.platform and not config.backend:
-        return ["neither platform nor backend is set, so Triton cannot tell how to run the model"]
+        if config.backend in BACKEND_FILENAMES and config.backend != expected:
+            return [f"unexpected 'platform' and 'backend' pair, got:{config.platform}, {config.backend} (platform "
+                    f"'{config.platform}' runs on backend '{expected}')"]
     return []
 
 
@@ -185,37 +171,70 @@ def config_problems(
     if config.name and config.name != model_dir.name:
         out.append(f"name '{config.name}' does not match the model directory name '{model_dir.name}'")
     out += _platform_problems(config)
-    mbs = config.max_batch_size
-    if mbs < 0:
-        out.append(f"max_batch_size must be >= 0, got {mbs}")
-    for kind, entries in (("input", config.input), ("output", config.output)):
-        seen: set[str] = set()
-        for entry in entries:
-            out += _io_problems(kind, entry, mbs)
-            if entry.name in seen:
-                out.append(f"{kind} '{entry.name}' is listed twice")
-            seen.add(entry.name)
-            if kind == "output" and entry.label_filename and not (model_dir / entry.label_filename).is_file():
-                out.append(f"output '{entry.name}' names label file '{entry.label_filename}', which is missing")
-    if config.HasField("dynamic_batching"):
-        for size in config.dynamic_batching.preferred_batch_size:
-            if size <= 0 or size > mbs:
-                out.append(f"dynamic_batching preferred_batch_size {size} must be in [1, max_batch_size={mbs}]")
-    input_names = {i.name for i in config.input}
-    for warmup in config.model_warmup:
-        if warmup.batch_size < 1 or (mbs > 0 and warmup.batch_size > mbs) or (mbs == 0 and warmup.batch_size != 1):
-            out.append(f"model_warmup '{warmup.name}' batch_size {warmup.batch_size} is out of range")
-        for key, data in warmup.inputs.items():
-            if key not in input_names:
-                out.append(f"model_warmup '{warmup.name}' feeds '{key}', which is not a config input")
-            if data.input_data_file and not (model_dir / "warmup" / data.input_data_file).is_file():
-                out.append(f"model_warmup '{warmup.name}' data file warmup/{data.input_data_file} is missing")
+    out += core_problems(config, model_dir, repository_models)
     out += accelerator_problems(config)
-    if config.HasField("ensemble_scheduling") and repository_models is not None:
-        known = set(repository_models)
-        for step in config.ensemble_scheduling.step:
-            if step.model_name not in known:
-                out.append(f"ensemble step uses model '{step.model_name}', which is not in the repository")
+    for entry in config.output:
+        if entry.label_filename and not (model_dir / entry.label_filename).is_file():
+            out.append(f"output '{entry.name}' names label file '{entry.label_filename}', which is missing")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What this machine can serve
+
+
+def physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):,.1f} GiB"
+
+
+def _sample_bytes(config: mc.ModelConfig) -> int:
+    """Bytes of one batch element over all inputs and outputs (variable dims counted as 1; a string as 4 bytes)."""
+    from accelserve.triton.dtypes import triton_to_numpy
+
+    total = 0
+    for entry in [*config.input, *config.output]:
+        count = 1
+        for d in entry.dims:
+            count *= max(d, 1)
+        try:
+            size = 4 if entry.data_type == mc.TYPE_STRING else triton_to_numpy(entry.data_type).itemsize
+        except Exception:  # an unknown type is reported elsewhere
+            size = 1
+        total += count * size
+    return total
+
+
+def capacity_problems(config: mc.ModelConfig, model_bytes: int, *, memory: int | None = None,
+                      cpus: int | None = None) -> list[tuple[str, str]]:
+    """(severity, message) for values Triton accepts but that cannot be served on this machine: more instances or
+    a larger full batch than the memory holds (errors), more CPU instances than the cores can run (warning)."""
+    memory = physical_memory_bytes() if memory is None else memory
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    out = []
+    instances = sum(max(g.count, 1) for g in config.instance_group) if config.instance_group else 1
+    if memory:
+        need = instances * (model_bytes + INSTANCE_OVERHEAD_BYTES)
+        if need > memory:
+            out.append(("error", f"instance_group asks for {instances:,} instances; each loads the model "
+                                 f"({_gib(model_bytes)}) plus at least {INSTANCE_OVERHEAD_BYTES >> 20} MiB, "
+                                 f"{_gib(need)} in all, more than this machine's {_gib(memory)} of memory"))
+        batch_bytes = config.max_batch_size * _sample_bytes(config)
+        if batch_bytes > memory:
+            out.append(("error", f"max_batch_size {config.max_batch_size:,}: one full batch of these inputs and "
+                                 f"outputs holds at least {_gib(batch_bytes)}, more than this machine's "
+                                 f"{_gib(memory)} of memory (Triton would accept a batch it cannot run)"))
+    cpu_instances = sum(max(g.count, 1) for g in config.instance_group
+                        if g.kind != mc.ModelInstanceGroup.KIND_GPU) if config.instance_group else 1
+    if not out and cpu_instances > INSTANCES_PER_CPU_WARNING * cpus:
+        out.append(("warning", f"{cpu_instances} CPU instances on a machine with {cpus} CPU(s): the instances only "
+                               "compete for the cores (throughput rarely improves past one or two per core)"))
     return out
 
 
@@ -250,6 +269,12 @@ def _is_onnx(config: mc.ModelConfig) -> bool:
     return config.platform == ONNX_PLATFORM or (not config.platform and config.backend == ONNX_BACKEND)
 
 
+def _file_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
 def _version_problems(config: mc.ModelConfig, model_dir: Path, config_path: Path) -> list[Problem]:
     available = version_dirs(model_dir)
     if not available:
@@ -259,70 +284,19 @@ def _version_problems(config: mc.ModelConfig, model_dir: Path, config_path: Path
         return [Problem(config_path, f"version_policy selects none of the versions on disk {list(available)}")]
     filename = model_filename(config)
     problems = []
+    model_bytes = 0
     for version in versions:
         if filename is None:
             continue
         model_file = available[version] / filename
         if not model_file.exists():
             problems.append(Problem(model_file, f"missing model file for version {version}"))
-        elif _is_onnx(config) and model_file.is_file():
+            continue
+        model_bytes = max(model_bytes, _file_bytes(available[version]))
+        if _is_onnx(config) and model_file.is_file():
             problems += [Problem(model_file, m) for m in onnx_problems(config, model_file)]
         elif config.platform == "tensorrt_plan" and model_file.is_file():
             problems += [Problem(model_file, m) for m in plan_problems(config, model_file)]
+    problems += [Problem(config_path, message, severity=severity)
+                 for severity, message in capacity_problems(config, model_bytes)]
     return problems
-
-
-def _model_shape(entry: mc.ModelInput | mc.ModelOutput, max_batch_size: int) -> list[int]:
-    """The shape the model itself should declare for a config entry."""
-    shape = list(entry.reshape.shape) if entry.HasField("reshape") else list(entry.dims)
-    return [WILDCARD, *shape] if max_batch_size > 0 else shape
-
-
-def _tensor_mismatch(entry: mc.ModelInput | mc.ModelOutput, sig: TensorSignature, mbs: int, label: str) -> list[str]:
-    out = []
-    try:
-        model_type = onnx_to_triton(sig.elem_type)
-    except InvalidModelError:
-        return [f"{label} has ONNX type {onnx_type_name(sig.elem_type)}, which Triton cannot serve"]
-    if model_type != entry.data_type:
-        out.append(f"{label}: config data_type {triton_type_name(entry.data_type)}, model has "
-                   f"{triton_type_name(model_type)} ({onnx_type_name(sig.elem_type)})")
-    if sig.shape is None:
-        return out
-    model = [WILDCARD if d is None else d for d in sig.shape]
-    expected = _model_shape(entry, mbs)
-    source = "reshape" if entry.HasField("reshape") else "dims"
-    batch_note = " with the implicit batch dim of max_batch_size > 0" if mbs > 0 else ""
-    if mbs > 0 and (not model or model[0] != WILDCARD):
-        out.append(f"{label}: max_batch_size {mbs} needs a dynamic first dim in the model, but the model shape is "
-                   f"{model}; set max_batch_size: 0 and list the full shape in dims")
-    elif len(model) != len(expected) or any(m != WILDCARD and m != e for m, e in zip(model, expected)):
-        out.append(f"{label}: config {source} {list(expected[1:] if mbs > 0 else expected)}{batch_note} "
-                   f"do not match the model shape {model}")
-    return out
-
-
-def onnx_problems(config: mc.ModelConfig, model_file: Path) -> list[str]:
-    """How the config's inputs/outputs disagree with the ONNX model file (empty when they agree)."""
-    try:
-        model = read_onnx(model_file, load_external_data=False)
-        inputs, outputs = graph_signature(model, require_shapes=False)
-    except InvalidModelError as exc:
-        return [exc.message]
-    mbs = config.max_batch_size
-    out = []
-    model_inputs = {s.name: s for s in inputs}
-    model_outputs = {s.name: s for s in outputs}
-    for kind, entries, tensors in (("input", config.input, model_inputs), ("output", config.output, model_outputs)):
-        for entry in entries:
-            label = f"{kind} '{entry.name}'"
-            sig = tensors.get(entry.name)
-            if sig is None:
-                out.append(f"config {label} is not an {kind} of the model (model {kind}s: {', '.join(tensors) or '-'})")
-            else:
-                out += _tensor_mismatch(entry, sig, mbs, label)
-    configured = {i.name for i in config.input}
-    for name in model_inputs:
-        if name not in configured:
-            out.append(f"model input '{name}' is missing from the config (Triton needs every model input listed)")
-    return out

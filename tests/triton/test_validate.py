@@ -55,7 +55,8 @@ def test_densenet_example_with_a_mismatching_model_is_reported(repo: Path) -> No
     model_dir = install_example(repo, "densenet_onnx", model)
     (model_dir / "densenet_labels.txt").unlink()
     text = messages(validate_repository(repo))
-    assert "output 'fc6_1': config reshape [1, 1000, 1, 1] do not match the model shape [1, 999, 1, 1]" in text
+    assert ("tensor 'fc6_1': the model expects 4 dimensions (shape [1,999,1,1]) but the model configuration "
+            "specifies 4 dimensions (shape [1,1000,1,1])") in text
     assert "label file 'densenet_labels.txt', which is missing" in text
 
 
@@ -85,10 +86,10 @@ def test_all_io_mismatches_are_reported_together(repo: Path) -> None:
     (model_dir / "config.pbtxt").write_text(text)
     text = messages(validate_repository(repo))
     assert "name 'simpel' does not match the model directory name 'simple'" in text
-    assert "config input 'INPUT9' is not an input of the model" in text
-    assert "model input 'INPUT0' is missing from the config" in text
-    assert "input 'INPUT1': config data_type TYPE_FP32, model has TYPE_INT32" in text
-    assert "output 'OUTPUT1': config dims [8]" in text
+    assert "unexpected inference input 'INPUT9', allowed inputs are: INPUT0, INPUT1" in text
+    assert "configuration expects datatype TYPE_FP32 for input 'INPUT1', model provides TYPE_INT32" in text
+    assert "tensor 'OUTPUT1': the model expects 2 dimensions (shape [-1,16])" in text
+    assert "making complete shape [-1,8])" in text
 
 
 def test_config_consistency_problems(repo: Path) -> None:
@@ -102,11 +103,11 @@ def test_config_consistency_problems(repo: Path) -> None:
         "dynamic_batching { preferred_batch_size: [8] }\n"
     )
     text = messages(validate_repository(repo))
-    assert "runs on backend 'onnxruntime', but backend is 'tensorrt'" in text
-    assert "input 'x' dims [0, 4]: each dim must be >= 1" in text
-    assert "hold different numbers of elements" in text
-    assert "input 'x' is listed twice" in text and "input 'x' has no data_type" in text
-    assert "preferred_batch_size 8 must be in [1, max_batch_size=4]" in text
+    assert "unexpected 'platform' and 'backend' pair, got:onnxruntime_onnx, tensorrt" in text
+    assert "model input 'x' dimension must be integer >= 1, or -1 to indicate a variable-size dimension" in text
+    assert "model input 'x' has different size for dims and reshape" in text
+    assert "input 'x' is listed twice" in text and "model input 'x' must specify 'data_type'" in text
+    assert "dynamic batching preferred size must be <= max batch size (got 8, max_batch_size 4)" in text
     assert "missing model file for version 1" in text
 
 
@@ -116,7 +117,8 @@ def test_batching_config_for_a_model_with_a_fixed_first_dim(tmp_path: Path, repo
     assert validate_repository(repo) == []
     config.write_text("max_batch_size: 4\n" + config.read_text().replace("[1, 4]", "[4]"))
     text = messages(validate_repository(repo))
-    assert "input 'x': max_batch_size 4 needs a dynamic first dim in the model" in text
+    assert ("tensor 'x': for the model to support batching the shape should have at least 1 dimension and the "
+            "first dimension must be -1; but shape expected by the model is [1,4]") in text
 
 
 def test_only_versions_loaded_under_the_version_policy_are_checked(tmp_path: Path, repo: Path) -> None:
