@@ -132,7 +132,7 @@ def _io_problems(config: mc.ModelConfig, kind: str, entry: mc.ModelInput | mc.Mo
     model_type = _triton_type(sig)
     if model_type is None:
         return [f"{kind} '{entry.name}' has ONNX type {onnx_type_name(sig.elem_type)}, which Triton cannot serve"]
-    if model_type != entry.data_type:
+    if model_type != entry.data_type and entry.data_type != mc.TYPE_INVALID:  # a missing type: core's problem
         out.append(f"unable to load model '{name}', configuration expects datatype "
                    f"{mc.DataType.Name(entry.data_type)} for {kind} '{entry.name}', model provides "
                    f"{mc.DataType.Name(model_type)}")

@@ -166,3 +166,33 @@ def test_ensemble_steps_must_name_models_of_the_repository(repo: Path) -> None:
 def test_missing_repository_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="does not exist"):
         validate_repository(tmp_path / "nope")
+
+
+def test_capacity_errors_and_warnings_follow_the_machine() -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from accelserve.triton.validate import capacity_problems
+
+    config = mc.ModelConfig(max_batch_size=8)
+    config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[1024])
+    config.instance_group.add(count=8, kind=mc.ModelInstanceGroup.KIND_CPU)
+    assert capacity_problems(config, 1 << 20, memory=64 << 30, cpus=16) == []
+    [(severity, message)] = capacity_problems(config, 1 << 20, memory=64 << 30, cpus=1)
+    assert severity == "warning" and "8 CPU instances on a machine with 1 CPU(s)" in message
+    [(severity, message)] = capacity_problems(config, 1 << 30, memory=4 << 30, cpus=16)
+    assert severity == "error" and "asks for 8 instances" in message
+    config.max_batch_size = 1 << 20  # 1 Mi samples x 4 KiB = 4 GiB
+    assert [s for s, m in capacity_problems(config, 1 << 20, memory=2 << 30, cpus=16) if "max_batch_size" in m] \
+        == ["error"]
+
+
+def test_warnings_do_not_fail_repo_validate(tmp_path: Path, repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from accelserve.cli.main import main
+
+    add_model(ob.save(ob.identity(("batch", 4)), tmp_path / "m.onnx"), repo, "m",
+              TritonModelOptions(instances=8 * (os.cpu_count() or 1)))
+    assert main(["repo", "validate", str(repo)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: " in captured.err and "1 warning(s)" in captured.out
