@@ -44,7 +44,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ready-file", metavar="PATH",
                    help="once this server and its models are ready, write its endpoints here as JSON (http, grpc, "
                    "metrics URLs, pids, models), atomically; removed again on stop. For scripts: wait for the file")
+    _add_model_control_args(p)
     p.set_defaults(func=run)
+
+
+def _add_model_control_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model control (as Triton's --model-control-mode, --load-model, --exit-on-error)")
+    g.add_argument("--model-control", choices=["none", "poll", "explicit"], default="none",
+                   help="none: load every model at start (default); poll: also load models and versions added to "
+                   "REPO while serving (e.g. by `accelserve repo add`); explicit: load only --load-model models, "
+                   "others through the load/unload API")
+    g.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="with --model-control explicit: a model to load at start (repeatable; '*' = all)")
+    g.add_argument("--poll-interval", type=float, default=2.0, metavar="S",
+                   help="with --model-control poll: seconds between repository scans (default 2)")
+    g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="--strict (default): a model that fails to load at start stops the server, as Triton's "
+                   "--exit-on-error; --no-strict: serve the models that loaded and report each failure")
+
+
+def _model_control(args: argparse.Namespace):  # noqa: ANN202 - ModelControl, imported lazily
+    from accelserve.triton.model_control import ModelControl
+
+    return ModelControl(mode=args.model_control, load_models=tuple(args.load_model), strict=args.strict,
+                        poll_interval=args.poll_interval)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         args.repository,
         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         host=args.host, tritonserver=args.tritonserver, timeout=args.timeout,
-        log_verbose=args.log_verbose, log_file=args.log_file,
+        log_verbose=args.log_verbose, log_file=args.log_file, model_control=_model_control(args),
     )
     try:
         print(f"starting tritonserver on {server.repository} ...", flush=True)
@@ -108,10 +131,18 @@ def _print_banner(server: TritonServer) -> None:
     print(f"  gRPC     {server.grpc_url}")
     print(f"  metrics  {server.metrics_url}")
     print(f"  log      {server.log_path}")
+    control = server.control
+    print(f"model control: {control.mode}" + (f" (repository scanned every {control.poll_interval:g} s)"
+                                              if control.mode == "poll" else "")
+          + ("" if control.strict else ", not strict: models that fail to load are reported, the rest served"))
     print("models:")
     for model in server.models():
-        line = f"  {model.name} (version {model.version}) {model.state}"
+        if not model.version and model.name in server.failed_models:
+            continue  # listed below with its reason
+        line = f"  {model.name} (version {model.version or '-'}) {model.state}"
         if model.name in server.stand_ins:
             line += "  [ONNX Runtime stand-in on the python backend: the onnxruntime backend is not installed]"
         print(line)
+    for name, reason in server.failed_models.items():
+        print(f"  {name} FAILED TO LOAD: {reason}")
     print("Press Ctrl-C to stop.", flush=True)

@@ -44,7 +44,8 @@ from accelserve.triton.backend_env import (
     prepare_backend_directory,
     server_environment,
 )
-from accelserve.triton.shadow import build_shadow_repository, model_directories
+from accelserve.triton.model_control import ModelControl, ShadowSync, load_failures, load_model, unload_model
+from accelserve.triton.shadow import ShadowRepository, build_shadow_repository, model_directories
 
 if TYPE_CHECKING:
     from accelserve.triton.client import ModelStatus
@@ -117,7 +118,8 @@ def _failure_hint(log: str) -> str:
     if _PORT_IN_USE.search(log):
         return "another process uses one of the ports: pick others (--http-port/--grpc-port/--metrics-port, 0 = any)"
     if "failed to load" in log:
-        return "fix the model(s) named above (or remove them from the repository); --log-verbose 1 logs more"
+        return ("fix the model(s) named above, or serve the others: --no-strict, or --model-control explicit "
+                "--load-model NAME; `accelserve repo validate` shows what Triton rejects")
     return "see the full log; --log-verbose 1 logs more"
 
 
@@ -195,6 +197,7 @@ class TritonServer:
         log_verbose: int = 0,
         log_file: str | Path | None = None,
         extra_args: Sequence[str] = (),
+        model_control: ModelControl | None = None,
     ) -> None:
         self.repository = Path(repository).expanduser().resolve()
         self.host = host
@@ -221,6 +224,12 @@ class TritonServer:
         self.server_id: str | None = None
         #: temporary directories of killed runs that start() removed
         self.removed_leftovers: list[Leftover] = []
+        self.control = model_control or ModelControl()
+        self.control.check()
+        self._shadow: ShadowRepository | None = None
+        self._sync: ShadowSync | None = None
+        #: models that failed to load at start-up (with --no-strict) -> Triton's reason
+        self.failed_models: dict[str, str] = {}
 
     # ----------------------------------------------------------------------------------------------------- urls
     @property
@@ -275,6 +284,7 @@ class TritonServer:
             )
         self.install = locate_install(self._tritonserver)
         self.removed_leftovers = remove_stale(tempfile.gettempdir(), WORKDIR_PREFIX)
+        self.control.check(d.name for d in model_directories(self.repository))
         auto_ports = [name for name, port in self._requested_ports.items() if port == 0]
         for attempt in range(1, _START_ATTEMPTS + 1):
             try:
@@ -283,6 +293,7 @@ class TritonServer:
                 return self
             except ServerError:
                 log = self.log_text()
+                self._stop_sync()
                 self._proc.terminate()
                 picked = {self.ports[name] for name in auto_ports if name in self.ports}
                 if attempt < _START_ATTEMPTS and picked & _ports_in_use(log):
@@ -291,6 +302,7 @@ class TritonServer:
                     continue  # another process took a port we picked between picking and binding: pick again
                 raise
             except BaseException:  # Ctrl-C, SIGTERM, a bug: leave nothing running
+                self._stop_sync()
                 self._proc.terminate()
                 raise
         raise AssertionError("unreachable")
@@ -301,7 +313,7 @@ class TritonServer:
         self._proc.workdir = workdir
         self._proc.shm_prefix = f"accelserve{os.getpid()}_{secrets.token_hex(4)}"
         backends = prepare_backend_directory(self.install, workdir)
-        shadow = build_shadow_repository(self.repository, workdir / "repository", self.install.available_backends())
+        shadow = self._build_shadow(workdir)
         self.served_repository = shadow.path if shadow else self.repository
         self.stand_ins = dict(shadow.stand_ins) if shadow else {}
         auto = [name for name, port in self._requested_ports.items() if port == 0]
@@ -325,7 +337,7 @@ class TritonServer:
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
-            "--exit-on-error=true", "--strict-readiness=true",
+            *self.control.triton_args(),
             # a private shared-memory prefix: python-backend regions of servers running side by side must not clash
             f"--backend-config=python,shm-region-prefix-name={self._proc.shm_prefix}",
         ]
@@ -347,7 +359,38 @@ class TritonServer:
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop the server (SIGTERM, then SIGKILL to its process group after ``grace`` s) and remove temp files."""
+        self._stop_sync()
         self._proc.terminate(grace)
+
+    # ------------------------------------------------------------------------------------------- model control
+    def _build_shadow(self, workdir: Path) -> ShadowRepository | None:
+        """The shadow repository (stand-ins for missing backends), and its sync thread under poll/explicit control."""
+        assert self.install is not None
+        dynamic = self.control.mode != "none"
+        self._shadow = build_shadow_repository(
+            self.repository, workdir / "repository", self.install.available_backends(),
+            always=dynamic, strict=self.control.strict and not dynamic,
+        )
+        if self._shadow is not None and dynamic:
+            self._sync = ShadowSync(self._shadow, interval=min(self.control.poll_interval / 2, 1.0))
+            self._sync.start()
+        return self._shadow
+
+    def _stop_sync(self) -> None:
+        if self._sync is not None:
+            self._sync.stop()
+            self._sync = None
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) a model through Triton's repository API, after syncing the shadow with the repository;
+        a model that fails to load is a ServerError with Triton's reason."""
+        if self._sync is not None:
+            self._sync.refresh()
+        load_model(self.http_url, name, timeout=self.timeout)
+        self.failed_models.pop(name, None)
+
+    def unload_model(self, name: str) -> None:
+        unload_model(self.http_url, name)
 
     def log_text(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -402,21 +445,27 @@ class TritonServer:
     def _failure(self, what: str) -> ServerError:
         text = self.log_text()
         quoted = "\n".join(f"    {line}" for line in relevant_log_lines(text)) or "    (the server wrote nothing)"
+        failed = load_failures(text)
+        if failed:  # name each model that failed, with Triton's own reason, before the log lines
+            what += ": a model failed to load (Triton stops on a load error with --strict)" + "".join(
+                f"\n  model '{name}' failed to load: {reason}" for name, reason in failed.items())
         where = self.log_path
         if self._log_file is None and text:  # the temporary log goes with the server: keep a copy for the user
             fd, kept = tempfile.mkstemp(prefix="accelserve-tritonserver-", suffix=".log")
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
             where = self._kept_log = Path(kept)
+        sep = "\n" if failed else ". "
         return ServerError(
-            f"{what}. tritonserver log (full log: {where}):\n{quoted}",
+            f"{what}{sep}tritonserver log (full log: {where}):\n{quoted}",
             hint=_failure_hint(text),
         )
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the server answers ready and every model of the repository is READY."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        expected = [d.name for d in model_directories(self.served_repository or self.repository)]
+        expected = self.control.expected([d.name for d in model_directories(self.served_repository or self.repository)])
+        settled = ("READY",) if self.control.strict else ("READY", "UNAVAILABLE")
         ready_url = f"{self.http_url}/v2/health/ready"
         waiting_for = "the server to answer"
         while True:
@@ -430,10 +479,13 @@ class TritonServer:
             elif self.server_id and self.answering_server_id() != self.server_id:
                 waiting_for = f"this server (id {self.server_id}) to answer on {self.http_url}"
             elif _http_ok(ready_url):
-                states = {m["name"]: m for m in self._index() if m.get("version")}
-                not_ready = [n for n in expected if states.get(n, {}).get("state") != "READY"]
+                index = self._index()
+                states = {m["name"]: m for m in index if not m.get("version")}
+                states.update({m["name"]: m for m in index if m.get("version")})
+                not_ready = [n for n in expected if states.get(n, {}).get("state") not in settled]
                 if not not_ready:
                     self.protect_shared_memory()
+                    self._record_failures(n for n in expected if states[n].get("state") != "READY")
                     return
                 waiting_for = "model(s) " + ", ".join(
                     f"{n} ({states.get(n, {}).get('state') or 'not listed'})" for n in not_ready
@@ -444,6 +496,15 @@ class TritonServer:
                     f"(still waiting for {waiting_for} at {ready_url})"
                 )
             time.sleep(0.2)
+
+    def _record_failures(self, names: Any) -> None:
+        """Each model that did not load, with Triton's reason (from the log, else the repository index)."""
+        from_log = load_failures(self.log_text())
+        index = {m["name"]: m for m in self._index()}
+        self.failed_models = {
+            name: from_log.get(name) or index.get(name, {}).get("reason") or "failed to load (see the server log)"
+            for name in names
+        }
 
     def _index(self) -> list[dict[str, Any]]:
         import json
