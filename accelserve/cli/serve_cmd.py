@@ -139,7 +139,8 @@ def _print_banner(server: TritonServer) -> None:
     for model in server.models():
         if not model.version and model.name in server.failed_models:
             continue  # listed below with its reason
-        line = f"  {model.name} (version {model.version or '-'}) {model.state}"
+        line = f"  {model.name} (version {model.version}) {model.state}" if model.version or model.state \
+            else f"  {model.name} not loaded (POST /v2/repository/models/{model.name}/load loads it)"
         if model.name in server.stand_ins:
             line += "  [ONNX Runtime stand-in on the python backend: the onnxruntime backend is not installed]"
         print(line)

@@ -9,6 +9,7 @@ model lists the models that are loaded.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,10 @@ class TritonClient:
             known = {m.name: m for m in self.models()}
             why = f" (state {known[model].state}: {known[model].reason})" if model in known else ""
             raise ServerError(
-                f"model '{model}' is not loaded on {self.url}{why}; loaded models: {', '.join(ready) or 'none'}",
-                hint="check the model name (it is the directory name in the repository)",
+                f"model '{model}' is not loaded on {self.url}{why}{_did_you_mean(model, known)}; loaded models: "
+                f"{', '.join(ready) or 'none'}",
+                hint="check the model name (it is the directory name in the repository); a model the server knows "
+                "but has not loaded can be loaded with `serve --model-control explicit --load-model NAME`",
             )
 
     def model_info(self, model: str) -> ModelInfo:
@@ -273,6 +276,15 @@ def as_bytes_tensor(array: np.ndarray) -> np.ndarray:
         out.reshape(-1)[:] = array.reshape(-1).tolist()
         return out
     return array
+
+
+def _did_you_mean(model: str, known: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for the closest model name the server knows (case-insensitive), else ""."""
+    import difflib
+
+    names = {n.lower(): n for n in known if n != model}
+    close = difflib.get_close_matches(model.lower(), list(names), n=1, cutoff=0.6)
+    return f" (did you mean '{names[close[0]]}'?)" if close else ""
 
 
 def _ints(value: Any) -> Any:
