@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 MODES = ("none", "poll", "explicit")
 DEFAULT_POLL_INTERVAL_S = 2.0
 _FAILED_LOAD = re.compile(r"failed to load \\?'(?P<name>[^'\\]+)\\?' version (?P<version>\d+): (?P<reason>.*?)\"?\s*$")
+#: a config Triton's core refuses: the model never gets to a version load
+_POLL_FAILED = re.compile(r"Poll failed for model directory \\?'(?P<name>[^'\\]+)\\?': (?P<reason>.*?)\"?\s*$")
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,15 @@ class ModelControl:
 
 
 def load_failures(log: str) -> dict[str, str]:
-    """Model name -> Triton's reason, for every "failed to load 'M' version N: reason" line of a server log."""
+    """Model name -> Triton's reason, for every "failed to load 'M' version N: reason" line of a server log and
+    every "Poll failed for model directory 'M': reason" line (a config Triton's core refuses); the last one wins."""
     failures: dict[str, str] = {}
     for line in log.splitlines():
-        match = _FAILED_LOAD.search(line)
+        match = _FAILED_LOAD.search(line) or _POLL_FAILED.search(line)
         if match:
             reason = match.group("reason").split("\\n\\nAt:", 1)[0].replace("\\'", "'").replace('\\"', '"')
-            failures[match.group("name")] = f"version {match.group('version')}: {reason}"
+            version = match.groupdict().get("version")
+            failures[match.group("name")] = f"version {version}: {reason}" if version else reason
     return failures
 
 

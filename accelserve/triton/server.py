@@ -386,7 +386,14 @@ class TritonServer:
         a model that fails to load is a ServerError with Triton's reason."""
         if self._sync is not None:
             self._sync.refresh()
-        load_model(self.http_url, name, timeout=self.timeout)
+        try:
+            load_model(self.http_url, name, timeout=self.timeout)
+        except ServerError as exc:
+            # a config Triton's core refuses answers only "failed to poll from model repository": the log has why
+            reason = load_failures(self.log_text()).get(name)
+            if reason and reason not in exc.message:
+                raise ServerError(f"model '{name}' failed to load: {reason}", hint=exc.hint) from None
+            raise
         self.failed_models.pop(name, None)
 
     def unload_model(self, name: str) -> None:
@@ -482,10 +489,11 @@ class TritonServer:
                 index = self._index()
                 states = {m["name"]: m for m in index if not m.get("version")}
                 states.update({m["name"]: m for m in index if m.get("version")})
-                not_ready = [n for n in expected if states.get(n, {}).get("state") not in settled]
+                refused = set() if self.control.strict else set(load_failures(self.log_text()))
+                not_ready = [n for n in expected if states.get(n, {}).get("state") not in settled and n not in refused]
                 if not not_ready:
                     self.protect_shared_memory()
-                    self._record_failures(n for n in expected if states[n].get("state") != "READY")
+                    self._record_failures(n for n in expected if states.get(n, {}).get("state") != "READY")
                     return
                 waiting_for = "model(s) " + ", ".join(
                     f"{n} ({states.get(n, {}).get('state') or 'not listed'})" for n in not_ready

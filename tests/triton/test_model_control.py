@@ -64,8 +64,11 @@ def test_load_failures_are_read_from_the_log() -> None:
         "E1202 18:28:40.996021 11043 model_lifecycle.cc:642] \"failed to load 'broken' version 1: Internal: "
         "ValueError: model 'broken', tensor 'x': bad dims\\n\\nAt:\\n  /tmp/x.py(3): initialize\"\n"
         'I1202 18:28:40.996037 11043 model_lifecycle.cc:777] "failed to load \'broken\'"\n'
+        "E1202 18:39:08.543227 15215 model_repository_manager.cc:1460] \"Poll failed for model directory 'prio': "
+        'default priority level must be in range [1, 3] for prio"\n'
     )
-    assert load_failures(log) == {"broken": "version 1: Internal: ValueError: model 'broken', tensor 'x': bad dims"}
+    assert load_failures(log) == {"broken": "version 1: Internal: ValueError: model 'broken', tensor 'x': bad dims",
+                                  "prio": "default priority level must be in range [1, 3] for prio"}
 
 
 def test_shadow_follows_new_versions_changed_configs_and_removed_models(tmp_path: Path) -> None:
@@ -110,8 +113,15 @@ def test_unservable_backend_is_linked_when_not_strict(tmp_path: Path) -> None:
 def test_no_strict_serves_the_good_models_and_reports_the_broken_one(tmp_path: Path) -> None:
     repo, onnx_path = make_serving_repository(tmp_path, batching=False)
     break_config(repo, "fixed", "broken")
+    import shutil
+
+    shutil.copytree(repo / "fixed", repo / "refused")  # a config Triton's core refuses before any backend runs
+    config = repo / "refused" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "fixed"', 'name: "refused"')
+                      + "max_batch_size: -1\n")
     with TritonServer(repo, model_control=ModelControl(strict=False)) as server:
-        assert set(server.failed_models) == {"broken"}
+        assert set(server.failed_models) == {"broken", "refused"}
+        assert "'max_batch_size' must be non-negative value" in server.failed_models["refused"]
         assert "tensor 'x': the model expects 2 dimensions (shape [-1,4]) but the model configuration specifies " \
                "2 dimensions (shape [7,7])" in server.failed_models["broken"]
         x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
