@@ -137,7 +137,7 @@ def _print_banner(server: TritonServer) -> None:
           + ("" if control.strict else ", not strict: models that fail to load are reported, the rest served"))
     print("models:")
     for model in server.models():
-        if not model.version and model.name in server.failed_models:
+        if model.name in server.failed_models and model.state != "READY":
             continue  # listed below with its reason
         line = f"  {model.name} (version {model.version}) {model.state}" if model.version or model.state \
             else f"  {model.name} not loaded (POST /v2/repository/models/{model.name}/load loads it)"
