@@ -90,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
             _print_banner(server)
             if ready_file is not None:
                 _write_ready_file(ready_file, server)
+            watch = _model_watcher(server)
             while True:
                 server.check_alive()  # raises, quoting the log, if tritonserver died
+                watch()
                 time.sleep(0.5)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (accelserve.errors.Terminated): the normal way to stop
         print(f"{interruption_reason(exc)}: stopping tritonserver ...", file=sys.stderr, flush=True)
@@ -123,6 +125,31 @@ def _write_ready_file(path: Path, server: TritonServer) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     print(f"ready file: {path}", flush=True)
+
+
+def _model_watcher(server: TritonServer):  # noqa: ANN202 - a callable
+    """Under poll/explicit control, a function that prints each change of the repository index (a new version
+    READY, a failed load with Triton's reason, an unload), checked every poll interval."""
+    from accelserve.errors import ServerError
+    from accelserve.triton.model_control import index_changes, index_snapshot, load_failures
+
+    if server.control.mode == "none":
+        return lambda: None
+    state = {"index": index_snapshot(server.models()), "next": time.monotonic() + server.control.poll_interval}
+
+    def watch() -> None:
+        if time.monotonic() < state["next"]:
+            return
+        state["next"] = time.monotonic() + server.control.poll_interval
+        try:
+            index = index_snapshot(server.models())
+        except ServerError:
+            return  # shutting down, or a transient failure: the liveness check reports a dead server
+        for line in index_changes(state["index"], index, load_failures(server.log_text())):
+            print(line, flush=True)
+        state["index"] = index
+
+    return watch
 
 
 def _print_banner(server: TritonServer) -> None:

@@ -160,3 +160,29 @@ class ShadowSync:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+
+
+def index_changes(before: dict[tuple[str, str], tuple[str, str]], after: dict[tuple[str, str], tuple[str, str]],
+                  failures: dict[str, str] | None = None) -> list[str]:
+    """Lines saying what changed between two repository indexes ((name, version) -> (state, reason)): versions
+    that became ready, failed to load (with ``failures`` from the log when it has the full reason), or went away."""
+    lines = []
+    for key in sorted(after.keys() | before.keys()):
+        name, version = key
+        old, new = before.get(key), after.get(key)
+        if new == old:
+            continue
+        label = f"model {name}" + (f" version {version}" if version else "")
+        state, reason = new or ("", "unloaded")
+        if state == "READY":
+            lines.append(f"{label} READY")
+        elif state == "UNAVAILABLE" and reason and reason != "unloaded":
+            lines.append(f"{label} failed to load: {(failures or {}).get(name) or reason}")
+        elif state in ("", "UNAVAILABLE") and old is not None and old[0] == "READY":
+            lines.append(f"{label} unloaded")
+    return lines
+
+
+def index_snapshot(models: Iterable) -> dict[tuple[str, str], tuple[str, str]]:
+    """(name, version) -> (state, reason) of ``ModelStatus`` entries."""
+    return {(m.name, m.version): (m.state, m.reason) for m in models}

@@ -49,3 +49,28 @@ def test_explicit_no_strict_serves_the_rest_and_reports_the_failure(tmp_path: Pa
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+@pytest.mark.e2e
+def test_poll_serves_a_version_added_by_repo_add(tmp_path: Path) -> None:
+    import time
+
+    from tests.graphs import make_linear_model
+
+    repo, _ = make_serving_repository(tmp_path, batching=False)
+    proc, lines, ready = _start_serve(repo, "--model-control", "poll", "--poll-interval", "1")
+    try:
+        assert ready.wait(READY_TIMEOUT_S) and proc.poll() is None, "\n".join(lines)
+        assert "model control: poll (repository scanned every 1 s)" in "\n".join(lines)
+        other = make_linear_model(tmp_path / "other.onnx", seed=3)
+        assert main(["repo", "add", str(other), "--repo", str(repo), "--name", "fixed", "--max-batch-size", "0"]) == 0
+        deadline = time.monotonic() + 60
+        while "model fixed version 2 READY" not in lines and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "model fixed version 2 READY" in lines, "\n".join(lines)
+        assert main(["infer", _url(lines, "HTTP"), "fixed", "--random", "--shape", "x=1x4",
+                     "--compare", str(other)]) == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

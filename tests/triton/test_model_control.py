@@ -185,3 +185,17 @@ def test_poll_picks_up_a_version_added_while_serving(tmp_path: Path) -> None:
         x = np.ones((1, 4), dtype=np.float32)
         out = client.infer("fixed", {"x": x})
     np.testing.assert_allclose(out["y"], reference(other, {"x": x})["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_index_changes_name_new_failed_and_unloaded_versions() -> None:
+    from accelserve.triton.model_control import index_changes
+
+    before = {("m", "1"): ("READY", ""), ("old", "1"): ("READY", "")}
+    after = {("m", "1"): ("UNAVAILABLE", "unloaded"), ("m", "2"): ("READY", ""),
+             ("bad", "1"): ("UNAVAILABLE", "Internal: short"), ("old", "1"): ("READY", "")}
+    assert index_changes(before, after, {"bad": "version 1: the full reason"}) == [
+        "model bad version 1 failed to load: version 1: the full reason",
+        "model m version 1 unloaded",
+        "model m version 2 READY",
+    ]
+    assert index_changes(after, after) == []
