@@ -349,8 +349,10 @@ def ensemble_problems(config: mc.ModelConfig, repository_models: Iterable[str] |
             out.append(f"ensemble tensor '{tensor}' is unused in ensemble '{name}'")
     if repository_models is not None:
         known = set(repository_models)
-        out += [f"ensemble step uses model '{s.model_name}', which is not in the repository" for s in steps
-                if s.model_name not in known]
+        missing = sorted({s.model_name for s in steps if s.model_name not in known})
+        if missing:
+            out.append(f"ensemble {name} contains models that are not available or ambiguous: {', '.join(missing)} "
+                       "(no such model directory in the repository)")
     return out
 
 
@@ -445,4 +447,68 @@ def core_problems(config: mc.ModelConfig, model_dir: Path, repository_models: It
                    "disable the response cache.")
     if not config.HasField("ensemble_scheduling"):
         out += warmup_problems(config, model_dir)
+    return out
+
+
+def _dims_match(a: Sequence[int], b: Sequence[int]) -> bool:
+    return len(a) == len(b) and all(x == y or WILDCARD in (x, y) for x, y in zip(a, b))
+
+
+def ensemble_step_problems(config: mc.ModelConfig, step_configs: dict[str, mc.ModelConfig]) -> list[str]:
+    """ValidateEnsembleConfig (core ``ensemble_utils.cc``), against the configs of the step models: batch sizes,
+    every input_map/output_map key an input/output of the step model, every required step input mapped, and each
+    ensemble tensor of one data type and shape wherever it appears. Steps whose model config is unknown (or
+    leaves its inputs/outputs to auto-complete) are skipped."""
+    name = config.name
+    out = []
+    tensors: dict[str, tuple[int, list[int], list[int], str]] = {}  # name -> (type, dims, full dims, from model)
+
+    def node(io: mc.ModelInput | mc.ModelOutput, batching: bool) -> tuple[list[int], list[int]]:
+        dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
+        return dims, ([WILDCARD, *dims] if batching else dims)
+
+    def meet(tensor: str, data_type: int, dims: list[int], full: list[int], model: str) -> None:
+        if tensor not in tensors:
+            tensors[tensor] = (data_type, dims, full, model)
+            return
+        seen_type, seen_dims, seen_full, seen_model = tensors[tensor]
+        prefix = f"in ensemble {name}, ensemble tensor {tensor}: "
+        if seen_type != data_type:
+            out.append(f"{prefix}inconsistent data type: {mc.DataType.Name(seen_type)} is inferred from model "
+                       f"{seen_model} while {mc.DataType.Name(data_type)} is inferred from model {model}")
+        elif not _dims_match(seen_dims, dims) and not _dims_match(seen_full, full):
+            out.append(f"{prefix}inconsistent shape: [{','.join(map(str, seen_full))}] is inferred from model "
+                       f"{seen_model} while [{','.join(map(str, full))}] is inferred from model {model}")
+
+    batching = config.max_batch_size > 0
+    for io in [*config.input, *config.output]:
+        dims, full = node(io, batching)
+        tensors.setdefault(io.name, (io.data_type, dims, full, name))
+    for step in config.ensemble_scheduling.step:
+        model = step_configs.get(step.model_name)
+        if model is None or not model.input or not model.output:
+            continue
+        step_name = step.model_name
+        if model.max_batch_size != 0 and model.max_batch_size < config.max_batch_size:
+            out.append(f"ensemble {name} allows maximum batch size {config.max_batch_size}, but it contains model "
+                       f"{step_name} which only allows maximum batch size to be {model.max_batch_size}")
+        step_batching = model.max_batch_size > 0
+        inputs = {i.name: i for i in model.input}
+        outputs = {o.name: o for o in model.output}
+        for key, tensor in step.input_map.items():
+            if key not in inputs:
+                out.append(f"in ensemble {name}, ensemble tensor {tensor} is mapping to non-existing input {key} in "
+                           f"model {step_name}")
+            else:
+                meet(tensor, inputs[key].data_type, *node(inputs[key], step_batching), step_name)
+        for key, io in inputs.items():
+            if key not in step.input_map and not io.optional:
+                out.append(f"in ensemble {name}, input {key} in model {step_name} is not mapped to any ensemble "
+                           "tensors")
+        for key, tensor in step.output_map.items():
+            if key not in outputs:
+                out.append(f"in ensemble {name}, ensemble tensor {tensor} is mapped from non-existing output {key} in "
+                           f"model {step_name}")
+            else:
+                meet(tensor, outputs[key].data_type, *node(outputs[key], step_batching), step_name)
     return out

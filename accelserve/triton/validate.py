@@ -23,7 +23,7 @@ from accelserve.errors import RepositoryError
 from accelserve.tensorrt.accelerator import accelerator_problems
 from accelserve.tensorrt.plan_entry import plan_problems
 from accelserve.triton.config import CONFIG_FILENAME, ONNX_BACKEND, ONNX_PLATFORM, ConfigParseError, read_config
-from accelserve.triton.core_rules import ENSEMBLE_PLATFORM, core_problems
+from accelserve.triton.core_rules import ENSEMBLE_PLATFORM, core_problems, ensemble_step_problems
 from accelserve.triton.naming import triton_name_problems
 from accelserve.triton.ort_rules import onnx_problems
 from accelserve.triton.repository import STAGING_MARKER, staging_leftovers, version_dirs
@@ -86,9 +86,15 @@ def validate_repository(repo: str | Path) -> list[Problem]:
         )
     model_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     names = {p.name for p in model_dirs}
+    configs = {}
+    for model_dir in model_dirs:  # for the ensembles' step checks; unreadable configs are reported below
+        try:
+            configs[model_dir.name] = read_config(model_dir / CONFIG_FILENAME)
+        except RepositoryError:
+            pass
     problems: list[Problem] = []
     for model_dir in model_dirs:
-        problems += validate_model_dir(model_dir, repository_models=names)
+        problems += validate_model_dir(model_dir, repository_models=names, repository_configs=configs)
     reported = {p.path for p in problems}
     problems += [Problem(left.path, f"leftover staging directory of an interrupted `accelserve repo add` "
                                     f"({left.owner()}); "
@@ -113,8 +119,10 @@ def _autocomplete_backend(config: mc.ModelConfig, model_dir: Path) -> None:
         config.platform = ONNX_PLATFORM
 
 
-def validate_model_dir(model_dir: str | Path, *, repository_models: Iterable[str] | None = None) -> list[Problem]:
-    """Every problem of one model directory; ``repository_models`` lets ensemble steps be checked."""
+def validate_model_dir(model_dir: str | Path, *, repository_models: Iterable[str] | None = None,
+                       repository_configs: dict[str, mc.ModelConfig] | None = None) -> list[Problem]:
+    """Every problem of one model directory; ``repository_models`` (names) and ``repository_configs`` let an
+    ensemble's steps be checked against the models of the repository."""
     model_dir = Path(model_dir)
     if STAGING_MARKER in model_dir.name:
         return [Problem(model_dir, "leftover staging directory of an interrupted `accelserve repo add`; delete it "
@@ -144,6 +152,8 @@ def validate_model_dir(model_dir: str | Path, *, repository_models: Iterable[str
         return [*problems, Problem(config_path, f"Could not determine backend for model '{model_dir.name}' with no "
                                                 "backend in model configuration: set 'backend' or 'platform'")]
     problems += [Problem(config_path, m) for m in config_problems(config, model_dir, repository_models)]
+    if config.HasField("ensemble_scheduling") and repository_configs:
+        problems += [Problem(config_path, m) for m in ensemble_step_problems(config, repository_configs)]
     problems += _version_problems(config, model_dir, config_path)
     return problems
 

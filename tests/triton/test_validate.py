@@ -159,7 +159,8 @@ def test_ensemble_steps_must_name_models_of_the_repository(repo: Path) -> None:
         'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } }] }\n'
     )
     assert messages(validate_repository(repo)) == (
-        f"{model_dir / 'config.pbtxt'}: ensemble step uses model 'missing_model', which is not in the repository"
+        f"{model_dir / 'config.pbtxt'}: ensemble ens contains models that are not available or ambiguous: "
+        "missing_model (no such model directory in the repository)"
     )
 
 
