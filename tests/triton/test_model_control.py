@@ -199,3 +199,11 @@ def test_index_changes_name_new_failed_and_unloaded_versions() -> None:
         "model m version 2 READY",
     ]
     assert index_changes(after, after) == []
+
+
+def test_unknown_model_name_suggests_the_closest_known_one() -> None:
+    from accelserve.triton.client import _did_you_mean
+
+    assert _did_you_mean("resnt", ["resnet", "bert"]) == " (did you mean 'resnet'?)"
+    assert _did_you_mean("Bert", ["resnet", "bert"]) == " (did you mean 'bert'?)"
+    assert _did_you_mean("llama", ["resnet", "bert"]) == ""
