@@ -135,6 +135,7 @@ class ShadowSync:
     shadow: ShadowRepository
     interval: float
     _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the thread and load_model() both refresh
     _thread: threading.Thread | None = None
     #: the last error a refresh raised (a config being written, a model directory vanishing): retried next round
     last_error: str | None = None
@@ -145,7 +146,8 @@ class ShadowSync:
 
     def refresh(self) -> list[str]:
         try:
-            changed = self.shadow.refresh()
+            with self._lock:
+                changed = self.shadow.refresh()
         except (OSError, AccelserveError) as exc:
             self.last_error = str(exc)
             return []
