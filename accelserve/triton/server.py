@@ -390,7 +390,7 @@ class TritonServer:
             load_model(self.http_url, name, timeout=self.timeout)
         except ServerError as exc:
             # a config Triton's core refuses answers only "failed to poll from model repository": the log has why
-            reason = load_failures(self.log_text()).get(name)
+            reason = load_failures(self._own_log()).get(name)
             if reason and reason not in exc.message:
                 raise ServerError(f"model '{name}' failed to load: {reason}", hint=exc.hint) from None
             raise
@@ -489,7 +489,7 @@ class TritonServer:
                 index = self._index()
                 states = {m["name"]: m for m in index if not m.get("version")}
                 states.update({m["name"]: m for m in index if m.get("version")})
-                refused = set() if self.control.strict else set(load_failures(self.log_text()))
+                refused = set() if self.control.strict else set(load_failures(self._own_log()))
                 not_ready = [n for n in expected if states.get(n, {}).get("state") not in settled and n not in refused]
                 if not not_ready:
                     self.protect_shared_memory()
@@ -507,7 +507,7 @@ class TritonServer:
 
     def _record_failures(self, names: Any) -> None:
         """Each model that did not load, with Triton's reason (from the log, else the repository index)."""
-        from_log = load_failures(self.log_text())
+        from_log = load_failures(self._own_log())
         index = {m["name"]: m for m in self._index()}
         self.failed_models = {
             name: from_log.get(name) or index.get(name, {}).get("reason") or "failed to load (see the server log)"

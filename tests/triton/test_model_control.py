@@ -78,7 +78,7 @@ def test_shadow_follows_new_versions_changed_configs_and_removed_models(tmp_path
     first = (shadow.path / "lin").resolve()
     assert shadow.refresh() == []  # nothing changed
 
-    add_model(onnx_path, repo, "lin")  # version 2
+    add_model(onnx_path, repo, "lin", force_new_version=True)  # version 2
     assert shadow.refresh() == ["lin"]
     second = (shadow.path / "lin").resolve()
     assert second != first and (shadow.path / "lin" / "2" / "model.onnx").resolve() == \
