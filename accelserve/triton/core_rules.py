@@ -255,7 +255,8 @@ def _state_problems(batcher: mc.ModelSequenceBatching, max_batch_size: int, mode
             if which is None:
                 out.append(f"initial_state setting expects state'{state.input_name}' to have state_data set")
             elif which == "data_file" and not (model_dir / "initial_state" / initial.data_file).is_file():
-                out.append(f"initial_state data file initial_state/{initial.data_file} of {label} is missing")
+                out.append(f"failed to open text file for read initial_state/{initial.data_file} (the initial state "
+                           f"of {label})")
         seen_inputs.add(state.input_name)
     return out
 
@@ -412,6 +413,12 @@ def warmup_problems(config: mc.ModelConfig, model_dir: Path) -> list[str]:
         missing = [n for n, i in inputs.items() if n not in warmup.inputs and not i.optional]
         if missing:
             out.append(f"{label} does not feed input(s) {', '.join(missing)}; the warmup request would fail")
+        controls = [name for name, _ in control_tensors(config.sequence_batching).values()]
+        unfed = [c for c in controls if c not in warmup.inputs]
+        if unfed:
+            out.append(f"{label} does not feed the sequence control input(s) {', '.join(unfed)}: warmup requests go "
+                       "to the model directly, not through the sequence batcher, so nothing supplies them and the "
+                       "warmup run fails")
     return out
 
 

@@ -31,12 +31,11 @@ def test_case_validates_as_triton_decides(case: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-#: accept cases the local tritonserver (python backend + accelserve's ONNX Runtime stand-in) loads today
-TRITON_ACCEPT_SAMPLE = ("accept_example_simple", "accept_example_densenet", "accept_reshape_variable",
-                        "accept_dynamic_batching_priorities")
+#: accept cases loaded in the local tritonserver (python backend + accelserve's ONNX Runtime stand-in)
+TRITON_ACCEPT_SAMPLE = ("accept_example_densenet", "accept_reshape_variable", "accept_example_simple_dyna_sequence",
+                        "accept_example_simple_string", "accept_implicit_state_zero", "accept_model_warmup")
 #: reject cases decided by Triton's core (not the onnxruntime backend, which the stand-in replaces here): the real
-#: tritonserver must refuse them with the reason the validator gives. (Implicit-state cases are checked by the
-#: sequence scheduler after the instances load, so they need the stand-in's sequence support; not sampled here.)
+#: tritonserver must refuse them with the reason the validator gives
 TRITON_CORE_REJECTS = (
     "reject_control_kind_start_multiple", "reject_control_tensor_multiple", "reject_control_tensor_no_value",
     "reject_control_two_value_lists", "reject_control_three_values", "reject_corrid_bad_type",
