@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from accelserve.errors import InvalidInputError
+from accelserve.errors import AccelserveError, InvalidInputError
 
 SCHEMA_VERSION = 1
 #: passes `candidates: auto` searches by default (each one's declared search_space), in this order
@@ -335,7 +335,7 @@ def check_references(config: PipelineConfig, lines: dict[tuple[str, ...], int]) 
         problems.append(f"{at('data')}: data.labels: accuracy needs labels (or data.metric: MODULE:FN)")
     try:
         parse_candidates(config.search)
-    except InvalidInputError as exc:
+    except AccelserveError as exc:
         problems.append(f"{at('search', 'candidates')}: search.candidates: {exc.message}")
     try:
         from accelserve.triton.naming import check_model_name

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from accelserve.errors import InvalidInputError
+from accelserve.errors import AccelserveError, InvalidInputError
 
 #: passes that change precision, not structure; stacked last
 QUANTIZERS = ("int8", "int8-dynamic", "fp16")
@@ -157,8 +157,16 @@ def parse_step(text: str) -> Step:
 
 def make_step(name: str, options: dict[str, Any]) -> Step:
     """A step whose pass exists and whose options its typed config accepts (checked here, before any work)."""
+    import difflib
+
+    from accelserve import plugins
     from accelserve.optimize import load_pass_class
 
+    known = plugins.names("passes")
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        raise InvalidInputError(f"no pass named '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                                + f"; passes: {', '.join(sorted(known))}")
     cls = load_pass_class(name)
     cls.make_config(options)
     return Step(name, tuple(sorted(options.items())))
@@ -179,7 +187,7 @@ def parse_candidates(search: Any) -> list[Candidate]:
     for text in search.candidates:
         try:
             out.append(parse_recipe_text(text))
-        except InvalidInputError as exc:
+        except AccelserveError as exc:
             problems.append(f"'{text}': {exc.message}")
     if problems:
         raise InvalidInputError("; ".join(problems))

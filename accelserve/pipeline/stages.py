@@ -278,14 +278,17 @@ def loadtest_stage(ctx: RunContext, winner_path: str, winner_key: str) -> dict[s
     """Serve the winner on the real tritonserver from a staged copy of the repository and load-test it."""
     from accelserve.loadtest.results import SweepSettings
     from accelserve.loadtest.runner import RequestOptions, run_loadtest
-    from accelserve.triton.config import TritonModelOptions
     from accelserve.triton.repository import add_model
 
     cfg = ctx.config
     lt = cfg.loadtest
     assert lt is not None
     r = cfg.repository
-    key = hash_dict({"stage": "loadtest", "model": winner_key, "repository": r.model_dump(mode="json"),
+    # requests carry real samples: the calibration set (an .npz), so a new evaluation set re-runs evaluation only
+    samples = path_part(cfg.data.calibration)
+    data_file = str(cfg.path(samples)) if samples and samples.endswith(".npz") else None
+    key = hash_dict({"stage": "loadtest", "model": winner_key, "requests": data_file and hash_file(data_file),
+                     "repository": r.model_dump(mode="json"),
                      "loadtest": lt.model_dump(mode="json", exclude={"baseline", "slo", "max_regression",
                                                                      "max_error_rate", "cache"}),
                      "versions": {**ctx.versions, **package_versions(("nvidia-pytriton", "locust"))}})
@@ -302,7 +305,8 @@ def loadtest_stage(ctx: RunContext, winner_path: str, winner_key: str) -> dict[s
             settings = SweepSettings(mode="concurrency", levels=tuple(lt.concurrency), warmup_s=lt.warmup,
                                      fixed_duration_s=lt.duration)
             result = run_loadtest(str(stage_repo), r.name, settings, protocol=lt.protocol,
-                                  request=RequestOptions(batch=lt.batch_size), work_dir=staging / "load")
+                                  request=RequestOptions(batch=lt.batch_size, data_file=data_file),
+                                  work_dir=staging / "load")
         finally:
             shutil.rmtree(stage_repo, ignore_errors=True)
         return {"result": result.to_dict(), "served_version": added.version}
