@@ -66,9 +66,13 @@ def markdown(report: dict[str, Any]) -> str:
         for s in lt["result"].get("steps", []):
             lines.append(f"| {s['level']:g} | {_num(_get(s, 'throughput'), '.1f')} | {_num(_get(s, 'p50_ms'), '.2f')}"
                          f" | {_num(_get(s, 'p99_ms'), '.2f')} | {_get(s, 'errors')} |")
-    cached = [s for s in report.get("stages", []) if s["cached"]]
-    lines += ["", f"Stages: {len(report.get('stages', []))}, {len(cached)} reused from cache; wall time "
-              f"{report['wall_seconds']:.1f}s."]
+    stages = report.get("stages", [])
+    per: dict[str, list[int]] = {}
+    for st in stages:
+        per.setdefault(st["stage"], [0, 0])[0 if st["cached"] else 1] += 1
+    detail = ", ".join(f"{name} {c} cached / {r} run" for name, (c, r) in per.items())
+    lines += ["", f"Stages: {len(stages)}, {sum(c for c, _ in per.values())} reused from cache ({detail}); "
+              f"wall time {report['wall_seconds']:.1f}s."]
     for m in report.get("messages", []):
         lines.append(f"> {m}")
     return "\n".join(lines) + "\n"

@@ -209,6 +209,10 @@ class _Run:
                 self.budget_exhausted = True
             elif parent is not None and parent is not out and not parent.qualifies:
                 out.status, out.reason = "skipped", f"its parent {parent.candidate.label} already misses: {parent.missed()}"
+            elif (broken := next((o for o in self.outcomes if o.status == "failed" and o.candidate.steps
+                                  and o.candidate.steps[:-1] == cand.steps[:-1]
+                                  and o.candidate.steps[-1].name == cand.steps[-1].name), None)) is not None:
+                out.status, out.reason = "skipped", f"pass {cand.steps[-1].name} already failed here ({broken.reason})"
             elif (worse := dominated_by_failure(cand, failed)) is not None:
                 out.status, out.reason = "skipped", f"a milder variant, {worse.label}, already fails"
             else:

@@ -43,7 +43,7 @@ class RunContext:
         self.progress.stage(name, seconds, cached, detail)
 
     def cached_stage(self, stage: str, key: str, build: Any, candidate: str | None = None,
-                     detail: Any = None, cache_failures: bool = True) -> dict[str, Any]:
+                     detail: Any = None, cache_failures: bool = True, plain: bool = False) -> dict[str, Any]:
         """Return the cached result of ``stage`` under ``key``, or run ``build(staging_dir) -> result`` and store it.
         A user error inside ``build`` is stored as ``{"failed": message}`` (a known failure is not retried)."""
         if key in self.memo:
@@ -53,7 +53,11 @@ class RunContext:
             self.record(stage, key, True, 0.0, candidate, detail(hit) if detail else "")
             self.memo[key] = hit
             return hit
-        self.progress.status(f"{stage}" + (f" [{candidate}]" if candidate else ""))
+        what = f"{stage}" + (f" [{candidate}]" if candidate else "")
+        if plain:  # the stage prints its own progress lines
+            self.progress.event(f"start {what}")
+        else:
+            self.progress.status(what)
         started = time.perf_counter()
         staging = self.cache.begin(stage, key)
         try:
@@ -315,10 +319,10 @@ def loadtest_stage(ctx: RunContext, winner_path: str, winner_key: str) -> dict[s
         ctx.memo.pop(key, None)
         enabled, ctx.cache.enabled = ctx.cache.enabled, False
         try:
-            return ctx.cached_stage("loadtest", key, build, cache_failures=False)
+            return ctx.cached_stage("loadtest", key, build, cache_failures=False, plain=True)
         finally:
             ctx.cache.enabled = enabled
-    return ctx.cached_stage("loadtest", key, build, cache_failures=False)
+    return ctx.cached_stage("loadtest", key, build, cache_failures=False, plain=True)
 
 
 def repo_options(cfg: PipelineConfig) -> Any:
