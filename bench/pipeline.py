@@ -240,7 +240,13 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=1.0, help="resnet accuracy budget in points")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
-    res: dict[str, Any] = {"written": time.strftime("%Y-%m-%d"), "machine": machine(), "resnet_budget": args.budget}
+    res: dict[str, Any] = {}
+    previous = ROOT / "bench" / "results" / "pipeline.json"
+    if args.part != "all" and previous.exists():  # keep the other part's figures
+        res = {k: v for k, v in json.loads(previous.read_text()).items() if k in ("digits", "resnet", "resnet_budget")}
+    res.update({"written": time.strftime("%Y-%m-%d"), "machine": machine()})
+    if args.part in ("resnet", "all"):
+        res["resnet_budget"] = args.budget
     tmp = Path(tempfile.mkdtemp(prefix="accelserve-bench-pipeline-"))
     try:
         if args.part in ("digits", "all"):

@@ -118,6 +118,7 @@ def run_pipeline(config_or_path: PipelineConfig | str | Path | dict[str, Any], *
         return PipelineResult(EXIT_OK, "planned", {"plan": text})
     work.mkdir(parents=True, exist_ok=True)
     run = _Run(config, work, StageCache(work / "cache", enabled=not no_cache), progress)
+    bug: Exception | None = None
     try:
         with _sigterm_as_interrupt(), on_sys_path(config.base_dir):
             run.execute()
@@ -128,6 +129,10 @@ def run_pipeline(config_or_path: PipelineConfig | str | Path | dict[str, Any], *
         run.status, run.exit_code = "error", exc.exit_code
         run.messages.append(f"error: {exc}")
         run.error = exc
+    except Exception as exc:  # a bug: still write what was done, then let the CLI show the traceback
+        run.status, run.exit_code = "error", 3
+        run.messages.append(f"internal error (a bug in accelserve): {type(exc).__name__}: {exc}")
+        bug = exc
     finally:
         progress.close()
     from accelserve.pipeline import reports
@@ -135,6 +140,8 @@ def run_pipeline(config_or_path: PipelineConfig | str | Path | dict[str, Any], *
     report = run.report()
     files = reports.write_all(report, work / "reports", json_path=json_path, junit_path=junit_path,
                               markdown_path=markdown_path, plot_path=plot_path)
+    if bug is not None:
+        raise bug
     if run.error is not None and run.exit_code == EXIT_USER_ERROR and not run.outcomes:
         raise run.error  # nothing was searched: a plain user error (the partial report is still on disk)
     return PipelineResult(run.exit_code, run.status, report, files)
