@@ -166,28 +166,48 @@ search:
     assert {s["stage"] for s in third["stages"] if s["cached"]} == {"export", "optimize", "verify"}
 
 
+SLOW_METRIC = """\
+import time
+
+import numpy as np
+
+CALLS = []
+
+
+def metric(outputs, labels):
+    CALLS.append(1)
+    if len(CALLS) == 2:  # the first candidate's evaluation: long enough to be stopped in the middle
+        time.sleep(120)
+    return float(np.mean(next(iter(outputs.values())).argmax(axis=-1) == labels))
+"""
+
+
 def test_sigterm_stops_cleanly_with_partial_report(digits_project: Path) -> None:
-    config = write(digits_project, DATA + """\
+    (digits_project / "slow_metric.py").write_text(SLOW_METRIC)
+    config = write(digits_project, DATA.replace("labels: test_labels.npy", "labels: test_labels.npy\n  metric: slow_metric:metric")
+                   + """\
 model: {source: digits.onnx}
 search:
   candidates: ["simplify", "simplify,int8"]
-  timing_seconds: 60
 """)
     proc = subprocess.Popen([sys.executable, "-m", "accelserve", "run", str(config)], cwd=digits_project,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     assert proc.stdout is not None
-    deadline = time.time() + 120
-    for line in proc.stdout:  # timing 3 models for up to 60 s each: stop it in the middle
-        if "start evaluate-speed" in line or time.time() > deadline:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "start evaluate-accuracy [simplify]" in line:
             break
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, rest
+    assert proc.returncode == 130, "".join(seen) + rest
     work = digits_project / ".accelserve-run" / "pipeline"
     report = json.loads((work / "reports" / "report.json").read_text())
     assert report["status"] == "interrupted" and "repository is untouched" in report["messages"][0]
     assert not (digits_project / "model_repository").exists()
-    # finished stages are kept (and a re-run reuses them); no half-written entry is left
-    assert len(list((work / "cache" / "optimize").iterdir())) == 2
+    # finished stages are kept (export, the FP32 evaluation, simplify's optimize and verify); nothing half-written
+    assert {s["stage"] for s in report["stages"]} == {"export", "evaluate-accuracy", "optimize", "verify"}
+    assert len(list((work / "cache" / "optimize").iterdir())) == 1
+    assert len(list((work / "cache" / "evaluate-accuracy").iterdir())) == 1
     assert not [p for p in (work / "cache").rglob(".*") if p.is_dir()]
