@@ -208,18 +208,15 @@ class _Run:
         for cand in candidates:
             out = Outcome(cand)
             self.outcomes.append(out)
+            # only accuracy failures prune a branch: a pass that could not apply at one setting (lowrank at a
+            # small ratio saving nothing) may well apply at another
             failed = [o.candidate for o in self.outcomes if o.status == "built" and not o.qualifies]
-            failed += [o.candidate for o in self.outcomes if o.status == "failed"]
             parent = next((o for o in self.outcomes if o.candidate.label == cand.parent), None)
             if time.time() > deadline:
                 out.status, out.reason = "not-tried", f"search budget of {cfg.budget_minutes:g} min used up"
                 self.budget_exhausted = True
             elif parent is not None and parent is not out and not parent.qualifies:
                 out.status, out.reason = "skipped", f"its parent {parent.candidate.label} already misses: {parent.missed()}"
-            elif (broken := next((o for o in self.outcomes if o.status == "failed" and o.candidate.steps
-                                  and o.candidate.steps[:-1] == cand.steps[:-1]
-                                  and o.candidate.steps[-1].name == cand.steps[-1].name), None)) is not None:
-                out.status, out.reason = "skipped", f"pass {cand.steps[-1].name} already failed here ({broken.reason})"
             elif (worse := dominated_by_failure(cand, failed)) is not None:
                 out.status, out.reason = "skipped", f"a milder variant, {worse.label}, already fails"
             else:
