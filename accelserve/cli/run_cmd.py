@@ -1,8 +1,8 @@
 """``accelserve run PIPELINE.yaml``: the whole deployment pipeline from one config file.
 
 Exit status: 0 every gate passed (the winner is in the repository), 2 a gate failed or no candidate qualifies
-(the repository is unchanged), 1 a user error (config, data, model), 3 a bug, 130 interrupted (partial report
-written, finished stages kept in the work dir).
+(the repository is unchanged), 1 a user error (config, data, model), 3 a bug, 130/143 stopped by SIGINT/SIGTERM
+(partial report written, finished stages kept in the work dir).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export the model, search compression recipes under an accuracy budget, pick the best by the "
         "objective, optionally serve it on tritonserver and load-test it, and add it to the Triton repository only "
         "when every gate passed. Stages are cached in the work dir. Exit status: 0 passed, 2 a gate failed, "
-        "1 user error, 3 bug, 130 interrupted.",
+        "1 user error, 3 bug, 130/143 stopped by SIGINT/SIGTERM.",
     )
     p.add_argument("config", nargs="?", metavar="PIPELINE.yaml", help="the pipeline file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

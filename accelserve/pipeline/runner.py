@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelserve.errors import AccelserveError, ExportError, InvalidInputError
+from accelserve.errors import AccelserveError, ExportError, InvalidInputError, Terminated
 from accelserve.pipeline.cache import StageCache, package_versions
 from accelserve.pipeline.config import SCHEMA_VERSION, PipelineConfig, load_config
 from accelserve.pipeline.progress import Progress
@@ -39,7 +39,7 @@ from accelserve.pipeline.stages import (
     verify_stage,
 )
 
-EXIT_OK, EXIT_USER_ERROR, EXIT_GATE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_USER_ERROR, EXIT_GATE_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
 
 @dataclass
@@ -56,14 +56,19 @@ class PipelineResult:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (CI cancelling a job) stops the run like Ctrl-C: finished stages stay cached, a partial report is
-    written, the repository is untouched."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM (CI cancelling a job) stops the run like Ctrl-C (as :class:`Terminated`): finished stages stay
+    cached, a partial report is written, the repository is untouched. The CLI installs the same handler for every
+    command; this one is for the Python API called from a main thread that has none."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # the CLI (or the caller) already handles it
         yield
         return
+    fired = []
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        if not fired:  # a second SIGTERM while the first one's cleanup runs is ignored
+            fired.append(signum)
+            raise Terminated()
 
     old = signal.signal(signal.SIGTERM, handler)
     try:
@@ -122,9 +127,12 @@ def run_pipeline(config_or_path: PipelineConfig | str | Path | dict[str, Any], *
     try:
         with _sigterm_as_interrupt(), on_sys_path(config.base_dir):
             run.execute()
-    except KeyboardInterrupt:
-        run.status, run.exit_code = "interrupted", EXIT_INTERRUPTED
-        run.messages.append("interrupted: finished stages are kept in the work dir; the repository is untouched")
+    except KeyboardInterrupt as exc:
+        run.status = "interrupted"
+        run.exit_code = EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+        what = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        run.messages.append(f"interrupted ({what}): finished stages are kept in the work dir; the repository is "
+                            "untouched")
     except AccelserveError as exc:
         run.status, run.exit_code = "error", exc.exit_code
         run.messages.append(f"error: {exc}")

@@ -201,7 +201,7 @@ search:
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, "".join(seen) + rest
+    assert proc.returncode == 143, "".join(seen) + rest
     work = digits_project / ".accelserve-run" / "pipeline"
     report = json.loads((work / "reports" / "report.json").read_text())
     assert report["status"] == "interrupted" and "repository is untouched" in report["messages"][0]
