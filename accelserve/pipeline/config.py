@@ -279,6 +279,7 @@ def load_config(path_or_data: str | Path | dict[str, Any], overrides: list[str] 
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         problems += [_describe(e, source, lines, set_keys) for e in exc.errors()]
+        problems += _raw_file_problems(data, base, source, lines)  # so one run lists missing files too
         raise ConfigError(source, problems) from None
     config._base_dir = base
     config._source = source
@@ -286,6 +287,25 @@ def load_config(path_or_data: str | Path | dict[str, Any], overrides: list[str] 
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+#: keys naming files that must exist (checked on the raw data too, when the schema check already failed)
+_FILE_KEYS = (("data", "calibration"), ("data", "evaluation"), ("data", "labels"), ("loadtest", "baseline"))
+
+
+def _raw_file_problems(data: dict[str, Any], base: Path, source: str, lines: dict[tuple[str, ...], int]) -> list[str]:
+    out = []
+    for key in _FILE_KEYS:
+        section = data.get(key[0])
+        value = section.get(key[1]) if isinstance(section, dict) else None
+        part = path_part(value) if isinstance(value, str) else None
+        if part is not None:
+            p = Path(part).expanduser()
+            p = p if p.is_absolute() else base / p
+            if not p.exists():
+                where = f"{source}:{lines[key]}" if key in lines else source
+                out.append(f"{where}: {'.'.join(key)}: {p} does not exist")
+    return out
 
 
 def _is_path_like(text: str) -> bool:
