@@ -22,6 +22,7 @@ _API = {
     "validate_repository": "accelserve.triton.validate:validate_repository",
     "TritonServer": "accelserve.triton.server:TritonServer",
     "optimize": "accelserve.optimize:optimize",
+    "run_pipeline": "accelserve.pipeline:run_pipeline",
 }
 
 __all__ = sorted(_API)

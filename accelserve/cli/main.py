@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "build_engine_cmd",
     "train_compress_cmd",
     "demo_cmd",
+    "run_cmd",
 ]
 
 EXIT_USER_ERROR = 1
