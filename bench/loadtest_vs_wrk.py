@@ -2,7 +2,8 @@
 accelserve's Locust users and by an independent tool, wrk (C, epoll) with bench/wrk_kserve.lua.
 
     .venv/bin/python bench/loadtest_vs_wrk.py                  # concurrency 1,4,16, 10 s windows, ABBA order
-    .venv/bin/python bench/loadtest_vs_wrk.py --write-docs     # ... and put the table into docs/loadtest.md
+    .venv/bin/python bench/loadtest_vs_wrk.py --write-docs     # ... and put the table into docs/benchmarks.md
+    .venv/bin/python bench/loadtest_vs_wrk.py --model trivial --tools http,http-tritonclient,wrk,grpc  # senders
     .venv/bin/python bench/loadtest_vs_wrk.py --quick          # smoke run: concurrency 1, 2 s, once
     .venv/bin/python bench/loadtest_vs_wrk.py --url http://HOST:8000 --model NAME   # another server/model
 
@@ -151,25 +152,60 @@ def endpoint(url: str | None, model: str) -> Iterator[dict[str, str]]:
 
 
 def request_body(url: str, model: str, batch: int, directory: Path) -> tuple[Path, int]:
-    """The binary KServe-v2 request Locust's users send, written to a file for wrk."""
-    import tritonclient.http as httpclient
-
+    """The binary KServe-v2 request the accelserve users send (accelserve.loadtest.encoding), written for wrk."""
+    from accelserve.loadtest.encoding import encode_http
     from accelserve.loadtest.plan import build_plan, payloads
     from accelserve.triton.client import TritonClient
 
     with TritonClient(url) as client:
         plan = build_plan(client, model, batch=batch)
-    arrays = payloads(plan, count=1)[0]
-    inputs = []
-    for t in plan.inputs:
-        tensor = httpclient.InferInput(t.name, list(t.shape), t.datatype)
-        tensor.set_data_from_numpy(arrays[t.name], binary_data=True)
-        inputs.append(tensor)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in plan.outputs]
-    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
+    request = encode_http(plan, payloads(plan, count=1)[0])
     path = directory / "body.bin"
-    path.write_bytes(body)
-    return path, int(json_size if json_size is not None else len(body))
+    path.write_bytes(request.body)
+    return path, int(request.headers.get("Inference-Header-Content-Length", len(request.body)))
+
+
+def grpc_body(url: str, model: str, batch: int, directory: Path) -> Path:
+    """The serialized ModelInferRequest the accelserve gRPC users send, framed as one gRPC message (1 byte
+    compression flag 0, 4 bytes big-endian length), for h2load."""
+    from accelserve.loadtest.encoding import encode_grpc
+    from accelserve.loadtest.plan import build_plan, payloads
+    from accelserve.triton.client import TritonClient
+
+    with TritonClient(url) as client:
+        plan = build_plan(client, model, batch=batch)
+    message = encode_grpc(plan, payloads(plan, count=1)[0])
+    path = directory / "grpc_body.bin"
+    path.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    return path
+
+
+def _server_successes(http_url: str, model: str) -> int:
+    from accelserve.loadtest.server_stats import parse_statistics
+    from accelserve.triton.client import TritonClient
+
+    with TritonClient(http_url) as client:
+        return parse_statistics(client.statistics(model), model).success_count
+
+
+def run_h2load(served: dict[str, str], model: str, body: Path, concurrency: int, seconds: int, warmup: int) -> dict:
+    """h2load (nghttp2's C load generator, HTTP/2) posting the gRPC-framed request on ``concurrency`` connections
+    with one stream each. h2load does not read gRPC trailers, so successes are Triton's own count over the run."""
+    host_port = served["grpc"].split("://", 1)[-1]
+    cmd = [*client_prefix(), "h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-D", str(seconds),
+           f"--warm-up-time={warmup}" if warmup else "--warm-up-time=0", "-d", str(body),
+           "-H", "content-type: application/grpc", "-H", "te: trailers",
+           f"http://{host_port}/inference.GRPCInferenceService/ModelInfer"]
+    before = _server_successes(served["http"], model)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + warmup + 30)
+    after = _server_successes(served["http"], model)
+    done = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", proc.stdout)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", proc.stdout)
+    if not done or not mean:
+        raise RuntimeError(f"h2load printed no result:\n{proc.stdout}\n{proc.stderr}")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[mean.group(2)]
+    return {"requests_per_s": float(done.group(3)), "mean_ms": float(mean.group(1)) * scale,
+            "p50_ms": None, "p99_ms": None, "server_successes": after - before}
 
 
 def run_wrk(url: str, model: str, body: Path, json_size: int, concurrency: int, seconds: int, warmup: int) -> dict:
@@ -190,11 +226,19 @@ def run_wrk(url: str, model: str, body: Path, json_size: int, concurrency: int, 
 
 
 def run_accelserve(url: str, model: str, concurrency: int, seconds: int, warmup: int, directory: Path,
-                   extra: list[str] | None = None) -> dict:
+                   extra: list[str] | None = None, client: str = "bytes") -> dict:
+    """One accelserve load test; ``client`` "bytes" (the default sender: pre-encoded requests over
+    accelserve.loadtest.rawhttp / a raw gRPC call), "geventhttpclient" (the same bytes through geventhttpclient) or
+    "tritonclient" (tritonclient's clients encoding every request, the sender before issue 10)."""
     out = directory / f"locust_c{concurrency}.json"
+    env = dict(os.environ)
+    env.pop("ACCELSERVE_LOADTEST_CLIENT", None)
+    if client != "bytes":
+        env["ACCELSERVE_LOADTEST_CLIENT"] = client
     cmd = [*client_prefix(), sys.executable, "-m", "accelserve", "loadtest", url, model, "--concurrency", str(concurrency),
            "--duration", str(seconds), "--warmup", str(warmup), "--json", str(out), *(extra or [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 120, cwd=ROOT, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 120, cwd=ROOT, check=False,
+                          env=env)
     if proc.returncode not in (0, 2):
         raise RuntimeError(f"accelserve loadtest failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     data = json.loads(out.read_text())
@@ -202,7 +246,8 @@ def run_accelserve(url: str, model: str, concurrency: int, seconds: int, warmup:
     return {"requests_per_s": step["requests_per_s"], "p50_ms": step["latency_ms"]["p50"],
             "p99_ms": step["latency_ms"]["p99"], "mean_ms": step["latency_ms"]["avg"], "errors": step["errors"],
             "requests": step["requests"], "load_generator_cpu_percent": step["load_generator_cpu_percent"],
-            "server_request_ms": (step["server"] or {}).get("request_ms")}
+            "server_request_ms": (step["server"] or {}).get("request_ms"),
+            "server_requests_per_s": (step["server"] or {}).get("requests", 0) / step["duration_s"]}
 
 
 def mean_of(runs: list[dict]) -> dict:
@@ -210,38 +255,82 @@ def mean_of(runs: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in runs if r.get(k) is not None])) for k in keys}
 
 
-def compare(url: str, model: str, levels: list[int], seconds: int, warmup: int, repeat: int) -> list[dict]:
+#: the measured tools: (key, column title)
+TOOLS = {
+    "wrk": "wrk (C) HTTP",
+    "http": "accelserve HTTP",
+    "http-geventhttpclient": "accelserve HTTP, geventhttpclient sender",
+    "http-tritonclient": "accelserve HTTP, tritonclient sender",
+    "grpc": "accelserve gRPC",
+    "grpc-tritonclient": "accelserve gRPC, tritonclient sender",
+    "h2load": "h2load (C) gRPC",
+}
+
+
+def run_tool(tool: str, served: dict[str, str], model: str, c: int, seconds: int, warmup: int, directory: Path,
+             body: Path, json_size: int, workers: str | None, grpc_frame: Path | None = None) -> dict:
+    if tool == "wrk":
+        return run_wrk(served["http"], model, body, json_size, c, seconds, warmup)
+    if tool == "h2load":
+        assert grpc_frame is not None
+        return run_h2load(served, model, grpc_frame, c, seconds, warmup)
+    protocol, _, client = tool.partition("-")
+    extra = ["--workers", workers] if workers else []
+    return run_accelserve(served[protocol], model, c, seconds, warmup, directory, extra, client or "bytes")
+
+
+def compare(served: dict[str, str], model: str, levels: list[int], seconds: int, warmup: int, repeat: int,
+            tools: list[str], workers: str | None = None) -> list[dict]:
+    """Per level, every tool ``repeat`` times in A-B-...-B-A order (reversed on odd rounds)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         directory = Path(tmp)
-        body, json_size = request_body(url, model, 1, directory)
+        body, json_size = request_body(served["http"], model, 1, directory)
+        frame = grpc_body(served["http"], model, 1, directory) if "h2load" in tools else None
         for c in levels:
-            locust_runs, wrk_runs = [], []
-            for i in range(repeat):  # A B B A ...
-                order = ("locust", "wrk") if i % 2 == 0 else ("wrk", "locust")
-                for tool in order:
-                    if tool == "locust":
-                        locust_runs.append(run_accelserve(url, model, c, seconds, warmup, directory))
-                    else:
-                        wrk_runs.append(run_wrk(url, model, body, json_size, c, seconds, warmup))
-            lo, wr = mean_of(locust_runs), mean_of(wrk_runs)
-            diff = (lo["requests_per_s"] - wr["requests_per_s"]) / wr["requests_per_s"]
-            rows.append({"concurrency": c, "locust": lo, "wrk": wr, "throughput_difference": diff,
-                         "agree_within_15pct": abs(diff) <= AGREEMENT, "runs_each": repeat})
-            print(format_row(rows[-1]), flush=True)
+            runs: dict[str, list[dict]] = {t: [] for t in tools}
+            for i in range(repeat):
+                for tool in (tools if i % 2 == 0 else tools[::-1]):
+                    runs[tool].append(run_tool(tool, served, model, c, seconds, warmup, directory, body, json_size,
+                                               workers, frame))
+            row = {"concurrency": c, "runs_each": repeat, "tools": {t: mean_of(r) for t, r in runs.items()}}
+            for t in tools:  # HTTP tools against wrk, gRPC tools against h2load (when measured)
+                ref_tool = "h2load" if t.startswith("grpc") else "wrk"
+                if ref_tool in tools and t not in ("wrk", "h2load"):
+                    ref = row["tools"][ref_tool]["requests_per_s"]
+                    row["tools"][t]["vs_ref"] = (row["tools"][t]["requests_per_s"] - ref) / ref
+            rows.append(row)
+            print(format_row(row, tools), flush=True)
     return rows
 
 
-HEADER = ("| concurrency | Locust req/s | wrk req/s | difference | Locust p50 / p99 ms | wrk p50 / p99 ms "
-          "| Locust process CPU |\n|---:|---:|---:|---:|---:|---:|---:|")
+def header(tools: list[str]) -> str:
+    cols = " | ".join(f"{TOOLS[t]} req/s (p50 / p99 ms)" for t in tools)
+    return (f"| concurrency | {cols} | generator CPU (CPU time per request) | Triton-counted (gRPC) |\n"
+            f"|---:|{'---:|' * len(tools)}---:|---:|")
 
 
-def format_row(r: dict) -> str:
-    lo, wr = r["locust"], r["wrk"]
-    cpu = lo.get("load_generator_cpu_percent")
-    return (f"| {r['concurrency']} | {lo['requests_per_s']:.0f} | {wr['requests_per_s']:.0f} | "
-            f"{r['throughput_difference']:+.1%} | {lo['p50_ms']:.2f} / {lo['p99_ms']:.2f} | "
-            f"{wr['p50_ms']:.2f} / {wr['p99_ms']:.2f} | {'-' if cpu is None else f'{cpu:.0f}%'} |")
+def format_row(r: dict, tools: list[str]) -> str:
+    cells = []
+    for t in tools:
+        m = r["tools"][t]
+        vs = f", {m['vs_ref']:+.0%}" if "vs_ref" in m else ""
+        if m.get("p50_ms") is None:  # h2load: no percentiles, its mean
+            cells.append(f"{m['requests_per_s']:.0f} (mean {m['mean_ms']:.2f})")
+        else:
+            cells.append(f"{m['requests_per_s']:.0f}{vs} ({m['p50_ms']:.2f} / {m['p99_ms']:.2f})")
+    cpus = []
+    for t in tools:
+        m = r["tools"][t]
+        cpu = m.get("load_generator_cpu_percent")
+        if cpu is not None and m["requests_per_s"]:
+            cpus.append(f"{t}: {cpu:.0f}% ({cpu * 1e4 / m['requests_per_s']:.0f} us/req)")
+    server = [f"{r['tools'][t]['server_requests_per_s']:.0f}" for t in tools
+              if t.startswith("grpc") and r["tools"][t].get("server_requests_per_s") is not None]
+    if "h2load" in tools and "server_successes" in r["tools"]["h2load"]:
+        server.append(f"h2load run: {r['tools']['h2load']['server_successes']:.0f} successes")
+    return (f"| {r['concurrency']} | {' | '.join(cells)} | {', '.join(cpus) or '-'} | "
+            f"{' / '.join(server) or '-'} |")
 
 
 def main() -> int:
@@ -254,8 +343,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2, help="runs per tool and level, in A-B-B-A order")
+    parser.add_argument("--tools", default="http,wrk",
+                        help=f"comma-separated, measured in this order then reversed (A-B-B-A): {', '.join(TOOLS)}")
+    parser.add_argument("--workers", default=None, help="pass --workers N|auto to accelserve loadtest")
     parser.add_argument("--quick", action="store_true", help="smoke run: concurrency 1, 2 s, once; writes nothing")
-    parser.add_argument("--write-docs", action="store_true", help="put the table into docs/loadtest.md")
+    parser.add_argument("--write-docs", action="store_true", help="put the table into docs/benchmarks.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
@@ -263,26 +355,36 @@ def main() -> int:
     seconds, warmup, repeat = args.seconds, args.warmup, args.repeat
     if args.quick:
         levels, seconds, warmup, repeat = [1], 2, 1, 1
-    print(HEADER, flush=True)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        raise SystemExit(f"--tools: unknown {unknown}; pick from {', '.join(TOOLS)}")
+    print(header(tools), flush=True)
+    load_before = os.getloadavg()[0]
     with endpoint(args.url, args.model) as served:
         model = served["model"]
-        rows = compare(served["http"], model, levels, seconds, warmup, repeat)
+        if args.url and any(t.startswith("grpc") for t in tools):
+            raise SystemExit("--url serves HTTP only here: drop the grpc tools")
+        rows = compare(served, model, levels, seconds, warmup, repeat, tools, args.workers)
     if args.quick:
         return 0
     info = machine()
-    result = {"url": "local trivial model" if not args.url else args.url, "model": model,
+    load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    print(load)
+    result = {"load": load, "url": "local model" if not args.url else args.url, "model": model, "tools": tools,
               "seconds": seconds, "warmup": warmup, "rows": rows}
-    write_result("loadtest_vs_wrk", result)
+    write_result("loadtest_vs_wrk" if model == "compute" else f"loadtest_vs_wrk_{model}", result)
     if args.write_docs:
         import time
 
-        table = "\n".join([HEADER, *(format_row(r) for r in rows)])
+        table = "\n".join([header(tools), *(format_row(r, tools) for r in rows)])
         pinned = ""
         if client_prefix() and not args.url:
             pinned = " Server pinned to core 0, both load generators to the other cores."
-        note = (f"Measured {time.strftime('%Y-%m-%d')} on {info['model']} ({info['cores']} cores), {seconds} s windows "
+        note = (f"Measured {time.strftime('%Y-%m-%d')} on {info['model']} ({info['cores']} cores, shared: {load}), {seconds} s windows "
                 f"after {warmup} s warm-up, {repeat} runs per tool in A-B-B-A order, model `{model}`.{pinned}")
-        write_docs_section("loadtest-vs-wrk", f"{note}\n\n{table}", "Are the numbers right? Locust vs wrk", DOC)
+        write_docs_section(f"loadgen-fidelity-{model}", f"{note}\n\n{table}",
+                           f"Load-generator fidelity: accelserve loadtest vs wrk, model `{model}`")
     return 0
 
 

@@ -26,6 +26,8 @@ BENCHMARKS = {
     "pruning": ("pruning.py", []),
     "loadtest_vs_wrk": ("loadtest_vs_wrk.py", []),
     "locust_capacity": ("locust_capacity.py", []),
+    "loadgen_fidelity_trivial": ("loadtest_vs_wrk.py", ["--model", "trivial", "--tools", "http,wrk,grpc,h2load"]),
+    "tune_search": ("tune_search.py", []),
 }
 
 
@@ -41,7 +43,7 @@ def main() -> int:
     failed = []
     for name in names:
         script, extra = BENCHMARKS[name]
-        if name == "loadtest_vs_wrk" and shutil.which("wrk") is None:
+        if name.startswith(("loadtest_vs_wrk", "loadgen_fidelity")) and shutil.which("wrk") is None:
             print(f"== {name}: SKIPPED, wrk is not installed (apt-get install -y wrk)", flush=True)
             continue
         cmd = [sys.executable, str(BENCH / script), *(["--quick"] if args.quick else ["--write-docs", *extra])]

@@ -65,8 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--rate", default=None, metavar="R,R,...", help="target requests/s per step (request-rate mode)")
     load.add_argument("--rate-users", type=int, default=16, metavar="N",
                       help="users (max in-flight requests) in rate mode (default 16)")
-    load.add_argument("--workers", type=int, default=0, metavar="N",
-                      help="run the users in N local Locust worker processes under a master (default 0: one process)")
+    load.add_argument("--workers", default="0", metavar="N|auto",
+                      help="run the users in N local Locust worker processes under a master (default 0: one process); "
+                      "auto: re-measure the steps where a generator process passed 80%% of a core with more workers "
+                      "(up to one per core)")
 
     measure = p.add_argument_group("measurement")
     measure.add_argument("--duration", type=int, default=None, metavar="S",
@@ -196,8 +198,13 @@ def _run(args: argparse.Namespace, context: dict[str, SweepSettings]) -> int:
         mode, levels = "rate", _levels(args.rate, "rate")
     else:
         mode, levels = "concurrency", _levels(args.concurrency or "1", "concurrency")
-    if args.workers < 0:
-        raise InvalidInputError(f"--workers must be >= 0, got {args.workers}")
+    workers_auto = args.workers.strip().lower() == "auto"
+    try:
+        workers = 0 if workers_auto else int(args.workers)
+    except ValueError:
+        raise InvalidInputError(f"--workers must be a whole number or 'auto', got '{args.workers}'") from None
+    if workers < 0:
+        raise InvalidInputError(f"--workers must be >= 0, got {workers}")
     if args.rate_users < 1:
         raise InvalidInputError(f"--rate-users must be >= 1, got {args.rate_users}")
     if args.duration is not None and args.duration < 1:
@@ -228,7 +235,7 @@ def _run(args: argparse.Namespace, context: dict[str, SweepSettings]) -> int:
     settings = SweepSettings(
         mode=mode, levels=levels, rate_users=args.rate_users, warmup_s=args.warmup, window_s=args.window,
         stability_tolerance=tolerance, stability_windows=args.stable_windows, max_step_s=args.max_step_time,
-        fixed_duration_s=args.duration, workers=args.workers, request_timeout_s=args.request_timeout,
+        fixed_duration_s=args.duration, workers=workers, workers_auto=workers_auto, request_timeout_s=args.request_timeout,
     )
     context["settings"] = settings
     request = RequestOptions(

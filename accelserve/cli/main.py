@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "serve_cmd",
     "infer_cmd",
     "loadtest_cmd",
+    "tune_cmd",
     "optimize_cmd",
     "evaluate_cmd",
     "build_engine_cmd",

@@ -52,8 +52,9 @@ def text_table(result: RunResult) -> str:
         note = [] if s.complete else ["INCOMPLETE"]
         if s.stable is False:
             note.append("unstable")
-        if (s.load_generator_cpu_percent or 0) >= 90:
-            note.append("load generator CPU-bound: add --workers")
+        if s.generator_limited:
+            note.append(f"load generator at {s.load_generator_cpu_percent:.0f}% CPU: it may have limited this step"
+                        + ("" if result.settings.workers_auto else " (try --workers auto)"))
 
         def num(key: str, srv: dict = srv) -> str:
             v = srv.get(key)

@@ -17,6 +17,8 @@ from accelserve.loadtest.histogram import WindowStats, merge, percentile
 from accelserve.loadtest.server_stats import ServerBreakdown
 
 SCHEMA = "accelserve.loadtest/1"
+#: a load-generator process above this CPU (% of one core) may have limited the measured throughput
+GENERATOR_LIMIT_PERCENT = 80.0
 Mode = Literal["concurrency", "rate"]
 
 
@@ -34,6 +36,8 @@ class SweepSettings:
     max_step_s: float = 30.0  # give up waiting for stability after this long (the step is marked unstable)
     fixed_duration_s: int | None = None  # one window of this many seconds, no stability check
     workers: int = 0  # 0: the load process runs the users itself; N: N local Locust workers under a master
+    #: add local worker processes (re-measuring the steps) while a generator process passes GENERATOR_LIMIT_PERCENT
+    workers_auto: bool = False
     request_timeout_s: float = 30.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,9 +80,17 @@ class StepResult:
     #: the busiest worker (Locust samples it every second). Near 100 the client, not the server, limits the numbers
     load_generator_cpu_percent: float | None = None
 
+    #: Locust worker processes that produced this step (0: the load process itself)
+    workers: int = 0
+
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def generator_limited(self) -> bool:
+        """The load generator was near a full core: the server may have more to give than was measured."""
+        return (self.load_generator_cpu_percent or 0.0) > GENERATOR_LIMIT_PERCENT
 
     @property
     def target_rate(self) -> float | None:
@@ -150,6 +162,7 @@ class StepResult:
         out = asdict(self)
         out["error_rate"] = self.error_rate
         out["target_rate"] = self.target_rate
+        out["generator_limited"] = self.generator_limited
         return out
 
     @classmethod

@@ -12,6 +12,7 @@ it as ``partial_result`` (a RunResult marked incomplete, with the reason), for t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 from accelserve.errors import InternalError, InvalidInputError, MissingDependencyError, interruption_reason
 from accelserve.loadtest.plan import RequestPlan, build_plan
-from accelserve.loadtest.results import RunResult, SweepSettings
+from accelserve.loadtest.results import GENERATOR_LIMIT_PERCENT, RunResult, SweepSettings
 
 #: driver exit status for "stopped early, result marked incomplete"
 DRIVER_ABORTED = 4
@@ -155,6 +156,48 @@ def _read_partial(result_path: Path) -> RunResult | None:
         return None
 
 
+def max_auto_workers() -> int:
+    """Worker processes ``--workers auto`` may grow to: one per core this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def run_sweep(plan: RequestPlan, settings: SweepSettings, work_dir: Path,
+              log: Any = None) -> tuple[RunResult, int]:
+    """:func:`run_load_process`, and with ``settings.workers_auto``: while a step's generator process passed
+    ``GENERATOR_LIMIT_PERCENT`` of a core, re-measure those steps with more local worker processes (2, then one more
+    each round, up to one per core), keeping the re-measured steps. ``load_generator["auto_workers"]`` records
+    each round; a step still over the limit at the maximum stays marked ``generator_limited``."""
+    result, code = run_load_process(plan, settings, work_dir)
+    for step in result.steps:
+        step.workers = settings.workers
+    if not settings.workers_auto:
+        return result, code
+    rounds = [{"workers": settings.workers, "levels": list(settings.levels)}]
+    workers = settings.workers
+    while result.complete:
+        limited = [s.level for s in result.steps if s.generator_limited]
+        if not limited or workers >= max_auto_workers():
+            break
+        workers = min(max_auto_workers(), max(2, workers + 1))
+        if log is not None:
+            levels = ", ".join(f"{v:g}" for v in limited)
+            log(f"load generator above {GENERATOR_LIMIT_PERCENT:.0f}% of a core at {levels}: "
+                f"measuring again with {workers} worker processes\n")
+        again_dir = work_dir / f"workers{workers}"
+        again_dir.mkdir(parents=True, exist_ok=True)
+        again, code = run_load_process(plan, dataclasses.replace(settings, levels=tuple(limited), workers=workers),
+                                       again_dir)
+        rounds.append({"workers": workers, "levels": limited})
+        by_level = {s.level: s for s in again.steps}
+        for step in again.steps:
+            step.workers = workers
+        result.steps = [by_level.get(s.level, s) for s in result.steps]
+        result.complete, result.abort_reason = again.complete, again.abort_reason
+    result.load_generator["auto_workers"] = rounds
+    result.load_generator["workers"] = workers
+    return result, code
+
+
 def run_loadtest(
     target: str,
     model: str,
@@ -178,7 +221,7 @@ def run_loadtest(
             directory = Path(work_dir) if work_dir is not None else Path(tmp)
             directory.mkdir(parents=True, exist_ok=True)
             try:
-                result, _ = run_load_process(plan, settings, directory)
+                result, _ = run_sweep(plan, settings, directory, log=sys.stderr.write)
             except KeyboardInterrupt as exc:
                 partial = getattr(exc, "partial_result", None)
                 if partial is not None and server is not None:

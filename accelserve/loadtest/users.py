@@ -1,8 +1,11 @@
 """The Locust user that sends inference requests to Triton over HTTP or gRPC.
 
 Import this module only in a process that runs load: it imports Locust first (which monkey-patches the process
-with gevent), then tritonclient. ``tritonclient.http`` runs on geventhttpclient and cooperates with gevent;
-``tritonclient.grpc`` does after ``grpc.experimental.gevent.init_gevent()``, called here.
+with gevent), then the clients: a minimal keep-alive HTTP/1.1 connection on gevent's sockets for HTTP
+(:mod:`.rawhttp`, half the client CPU of geventhttpclient, which Locust's FastHttpUser uses), grpc for gRPC
+(cooperating with gevent after ``grpc.experimental.gevent.init_gevent()``, called here). Each user encodes its
+requests once (:mod:`accelserve.loadtest.encoding`) and re-sends the bytes; responses are checked by status, and
+a sample of them fully decoded (output names, shapes, datatypes).
 
 One :class:`TritonUser` is one closed-loop client: it sends a request, waits for the answer, and sends the next
 (concurrency mode), or paces itself to a share of a target request rate (rate mode, :func:`set_pacing`).
@@ -14,6 +17,7 @@ import locust  # first: gevent must patch the process before anything opens a so
 
 # isort: split
 import itertools
+import os
 import random
 import time
 from typing import Any
@@ -24,6 +28,7 @@ import locust.stats
 from locust import User, task
 
 from accelserve.errors import AccelserveError
+from accelserve.loadtest import encoding, rawhttp
 from accelserve.loadtest.histogram import bucket_ms
 from accelserve.loadtest.plan import RequestPlan, build_plan, parse_ranges, payloads
 
@@ -40,6 +45,10 @@ CPU_MONITOR_INTERVAL_S = 1.0
 _plan: RequestPlan | None = None
 _pacing: dict[str, Any] = {"interval": None, "version": 0}
 _user_ids = itertools.count()
+#: environment variable choosing the request sender: unset = pre-encoded bytes over rawhttp / raw gRPC calls;
+#: "geventhttpclient" (HTTP) or "tritonclient" (encoding every request): only to measure the difference
+#: (bench/loadtest_vs_wrk.py --tools)
+CLIENT_ENV = "ACCELSERVE_LOADTEST_CLIENT"
 
 
 def tune_locust() -> None:
@@ -70,6 +79,80 @@ def set_pacing(interval_s: float | None) -> None:
 
 
 class _HttpInfer:
+    """One HTTP/1.1 keep-alive connection posting pre-encoded requests (:mod:`accelserve.loadtest.rawhttp`)."""
+
+    def __init__(self, plan: RequestPlan, requests: list[dict[str, Any]]) -> None:
+        host, _, port = plan.host_port.rpartition(":")
+        host = host.strip("[]")
+        self.connection = rawhttp.Connection(host, int(port), connect_timeout=min(5.0, plan.request_timeout_s),
+                                             timeout=plan.request_timeout_s)
+        self.requests = []
+        for arrays in requests:
+            encoded = encoding.encode_http(plan, arrays)
+            self.requests.append(rawhttp.message(host, int(port), encoded.path, encoded.headers, encoded.body))
+        self.check = encoding.ResponseCheck(plan)
+
+    def infer(self, i: int) -> int:
+        response = self.connection.request(self.requests[i % len(self.requests)])
+        self.check.http(response.status, response.headers, response.body)
+        return len(response.body)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class _GeventHttp:
+    """geventhttpclient (as Locust's FastHttpUser) posting the same pre-encoded bodies: kept to measure against."""
+
+    def __init__(self, plan: RequestPlan, requests: list[dict[str, Any]]) -> None:
+        from geventhttpclient import HTTPClient
+
+        host, _, port = plan.host_port.rpartition(":")
+        self.client = HTTPClient(host.strip("[]"), int(port), connection_timeout=min(5.0, plan.request_timeout_s),
+                                 network_timeout=plan.request_timeout_s, concurrency=1)
+        self.requests = [encoding.encode_http(plan, arrays) for arrays in requests]
+        self.check = encoding.ResponseCheck(plan)
+
+    def infer(self, i: int) -> int:
+        request = self.requests[i % len(self.requests)]
+        response = self.client.post(request.path, body=request.body, headers=request.headers)
+        try:
+            body = response.read()
+        finally:
+            response.release()
+        self.check.http(response.status_code, response, body)
+        return len(body)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _GrpcInfer:
+    """A gRPC channel of its own sending pre-serialized ``ModelInferRequest`` bytes through a generic call."""
+
+    def __init__(self, plan: RequestPlan, requests: list[dict[str, Any]]) -> None:
+        import grpc
+
+        options = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+                   ("grpc.use_local_subchannel_pool", 1)]  # one connection per user, as with HTTP
+        self.channel = grpc.insecure_channel(plan.host_port, options=options)
+        self.call = self.channel.unary_unary(encoding.GRPC_INFER_METHOD)  # no (de)serializers: bytes in, bytes out
+        self.timeout = plan.request_timeout_s
+        self.requests = [encoding.encode_grpc(plan, arrays) for arrays in requests]
+        self.check = encoding.ResponseCheck(plan)
+
+    def infer(self, i: int) -> int:
+        data = self.call(self.requests[i % len(self.requests)], timeout=self.timeout)
+        self.check.grpc(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.channel.close()  # without this, Locust hangs at exit waiting for the gRPC channel
+
+
+class _TritonclientHttp:
+    """tritonclient.http per request (encodes and decodes every request): kept to measure against, see CLIENT_ENV."""
+
     def __init__(self, plan: RequestPlan, requests: list[dict[str, Any]]) -> None:
         import tritonclient.http as httpclient
 
@@ -77,24 +160,20 @@ class _HttpInfer:
             plan.host_port, connection_timeout=min(5.0, plan.request_timeout_s), network_timeout=plan.request_timeout_s
         )
         self.model = plan.model
-        self.requests = []
-        for arrays in requests:
-            inputs = []
-            for t in plan.inputs:
-                tensor = httpclient.InferInput(t.name, list(arrays[t.name].shape), t.datatype)
-                tensor.set_data_from_numpy(arrays[t.name], binary_data=plan.binary_data)
-                inputs.append(tensor)
-            self.requests.append(inputs)
-        self.outputs = [httpclient.InferRequestedOutput(n, binary_data=plan.binary_data) for n in plan.outputs]
+        self.requests = [encoding._http_inputs(plan, arrays) for arrays in requests]
 
-    def infer(self, i: int) -> None:
-        self.client.infer(self.model, self.requests[i % len(self.requests)], outputs=self.outputs)
+    def infer(self, i: int) -> int:
+        inputs, outputs = self.requests[i % len(self.requests)]
+        self.client.infer(self.model, inputs, outputs=outputs)
+        return 0
 
     def close(self) -> None:
         self.client.close()
 
 
-class _GrpcInfer:
+class _TritonclientGrpc:
+    """tritonclient.grpc per request: kept to measure against, see CLIENT_ENV."""
+
     def __init__(self, plan: RequestPlan, requests: list[dict[str, Any]]) -> None:
         import tritonclient.grpc as grpcclient
 
@@ -111,11 +190,24 @@ class _GrpcInfer:
             self.requests.append(inputs)
         self.outputs = [grpcclient.InferRequestedOutput(n) for n in plan.outputs]
 
-    def infer(self, i: int) -> None:
-        self.client.infer(self.model, self.requests[i % len(self.requests)], outputs=self.outputs, client_timeout=self.timeout)
+    def infer(self, i: int) -> int:
+        self.client.infer(self.model, self.requests[i % len(self.requests)], outputs=self.outputs,
+                          client_timeout=self.timeout)
+        return 0
 
     def close(self) -> None:
-        self.client.close()  # without this, Locust hangs at exit waiting for the gRPC channel
+        self.client.close()
+
+
+def make_client(plan: RequestPlan, requests: list[dict[str, Any]]) -> Any:
+    """The request sender of one user: pre-encoded bytes (default), or to measure against (``CLIENT_ENV``):
+    ``geventhttpclient`` (HTTP, the same bytes) or ``tritonclient`` (encoding every request)."""
+    grpc_ = plan.protocol == "grpc"
+    if os.environ.get(CLIENT_ENV, "") == "geventhttpclient" and not grpc_:
+        return _GeventHttp(plan, requests)
+    if os.environ.get(CLIENT_ENV, "") == "tritonclient":
+        return _TritonclientGrpc(plan, requests) if grpc_ else _TritonclientHttp(plan, requests)
+    return _GrpcInfer(plan, requests) if grpc_ else _HttpInfer(plan, requests)
 
 
 class TritonUser(User):
@@ -123,7 +215,7 @@ class TritonUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self._client: _HttpInfer | _GrpcInfer | None = None
+        self._client: Any = None
         self._n = 0
         self._next_start: float | None = None
         self._pacing_version = -1
@@ -146,12 +238,12 @@ class TritonUser(User):
             raise RuntimeError("TritonUser started before accelserve.loadtest.users.configure(plan) was called")
         index = next(_user_ids)
         requests = payloads(plan, user_index=index)
-        self._client = _GrpcInfer(plan, requests) if plan.protocol == "grpc" else _HttpInfer(plan, requests)
         if plan.sequence_length:  # sequence models: correlation IDs and START/END flags (loadtest/sequences.py)
             from accelserve.loadtest.sequences import SequenceInfer
 
-            self._client.close()
-            self._client = SequenceInfer(plan, requests)  # type: ignore[assignment]
+            self._client = SequenceInfer(plan, requests)
+        else:
+            self._client = make_client(plan, requests)
         self._name = f"{plan.model} infer"
         self._type = "gRPC" if plan.protocol == "grpc" else "HTTP"
         self._n = index  # users start at different requests of the pool
@@ -165,15 +257,16 @@ class TritonUser(User):
     def infer(self) -> None:
         assert self._client is not None
         exception: BaseException | None = None
+        length = 0
         start = time.perf_counter()
         try:
-            self._client.infer(self._n)
+            length = self._client.infer(self._n) or 0
         except Exception as exc:  # noqa: BLE001 -- every failed request is counted as an error by Locust
             exception = exc
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         self._n += 1
         self.environment.events.request.fire(
-            request_type=self._type, name=self._name, response_time=elapsed_ms, response_length=0,
+            request_type=self._type, name=self._name, response_time=elapsed_ms, response_length=length,
             exception=exception, context={},
         )
 
