@@ -73,7 +73,8 @@ def test_a_signal_after_a_finished_step_writes_the_partial_report(
         assert any(tmp.glob("accelserve-loadtest-*"))
         os.killpg(proc.pid, signum) if to_group else proc.send_signal(signum)
         stopped_at = time.monotonic()
-        stdout, _ = proc.communicate(timeout=90)
+        proc.wait(timeout=90)  # not communicate(): it would read stderr too, racing the reader thread for the
+        stdout = proc.stdout.read()  # last lines (seen: the final 'stopped and cleaned up' line went to communicate)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
