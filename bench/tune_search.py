@@ -100,7 +100,7 @@ def run_model(name: str, args: argparse.Namespace, workdir: Path) -> dict:
             "default_throughput": r.default.best.throughput if r.default and r.default.best and r.default.passes else 0.0,
             "winner_config": r.winner.config_text if r.winner else None,
             "default_config": r.default.config_text if r.default else None,
-            "configs": [c.to_dict() for c in r.configs],
+            "configs": [{k: v for k, v in c.to_dict().items() if k != "config_pbtxt"} for c in r.configs],
         }
     brute = results["brute"]
     sbs = None
