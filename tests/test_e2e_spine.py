@@ -6,6 +6,7 @@ that its dynamic batcher combined requests (fewer executions than inferences).""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,6 +60,18 @@ def _counts(client: TritonClient, model: str) -> tuple[int, int]:
     return (sum(int(s["inference_count"]) for s in stats), sum(int(s["execution_count"]) for s in stats))
 
 
+def _counts_after(client: TritonClient, model: str, before: tuple[int, int], inferences: int,
+                  timeout: float = 10.0) -> tuple[int, int]:
+    """The counts once Triton has recorded ``inferences`` more (it records an execution's statistics after its
+    responses are sent, so a client can see every answer before the counts include them)."""
+    deadline = time.monotonic() + timeout
+    counts = _counts(client, model)
+    while counts[0] - before[0] < inferences and time.monotonic() < deadline:
+        time.sleep(0.05)
+        counts = _counts(client, model)
+    return counts
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_transformer_dynamic_batch_and_sequence_match_pytorch(served, protocol: str) -> None:
     server, references = served
@@ -94,7 +107,7 @@ def test_concurrent_http_and_grpc_requests_are_batched_and_correct(served, model
         before = _counts(stats_client, model)
         with ThreadPoolExecutor(max_workers=12) as pool:
             results = list(pool.map(send, range(len(feeds))))
-        after = _counts(stats_client, model)
+        after = _counts_after(stats_client, model, before, len(feeds))
     for i, out in results:
         _check_against_torch(out, references[model], feeds[i])
     inferences, executions = after[0] - before[0], after[1] - before[1]

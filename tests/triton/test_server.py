@@ -137,7 +137,11 @@ def test_concurrent_requests_are_batched_by_triton(served: tuple[TritonServer, P
     for i, x in enumerate(xs):
         assert compare_arrays("y", results[i], reference(onnx_path, {"x": x})["y"], FP32).passed
 
+    deadline = time.monotonic() + 10  # Triton records an execution's statistics after sending its responses
     after = server.statistics("lin")["model_stats"][0]
+    while after["inference_count"] - before["inference_count"] < requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = server.statistics("lin")["model_stats"][0]
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == requests
