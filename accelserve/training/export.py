@@ -67,7 +67,8 @@ def export_qat(qat_model: Any, scheme: Any, output: Path, data: TrainingData, in
     feeds = [{n: t.detach().cpu().numpy() for n, t in zip(input_names, inputs)}
              for inputs in data.calibration_inputs()]
     optimize(float_path, ["simplify", "int8"], output,
-             {"target": scheme.target, "reduce_range": scheme.reduce_range, "method": "minmax"},
+             {"target": scheme.target, "reduce_range": scheme.reduce_range, "method": "minmax",
+              "per_channel": scheme.per_channel},
              calibration=lambda: feeds, evaluate=False, work_dir=work_dir)
     return verify_qat(qat_model, output, data, input_names)
 

@@ -35,6 +35,8 @@ class QuantScheme:
     reduce_range: bool = False
     ranges: RangeMode = "ema"
     momentum: float = 0.1
+    #: per-output-channel weight scales (the int8 pass's default); False: one scale per weight tensor
+    per_channel: bool = True
 
     @property
     def weight_qmax(self) -> int:
@@ -97,9 +99,13 @@ def make_activation_quantizer(scheme: QuantScheme) -> Any:
     return ActivationFakeQuant()
 
 
-def fake_quantize_weight(weight: Any, qmax: int) -> Any:
-    """Per-output-channel symmetric fake quantization (axis 0), scale = max|w| / qmax per channel."""
+def fake_quantize_weight(weight: Any, qmax: int, per_channel: bool = True) -> Any:
+    """Per-output-channel symmetric fake quantization (axis 0), scale = max|w| / qmax per channel; with
+    ``per_channel=False`` one scale max|w| / qmax for the whole tensor (the int8 pass with ``per_channel=false``)."""
     torch = require("torch", "quantization-aware training")
+    if not per_channel:
+        scale = torch.clamp(weight.detach().abs().max() / qmax, min=1e-12).float().reshape(1)
+        return torch.fake_quantize_per_tensor_affine(weight, scale, torch.zeros(1, dtype=torch.int32), -qmax, qmax)
     flat = weight.detach().reshape(weight.shape[0], -1)
     scale = torch.clamp(flat.abs().max(dim=1).values / qmax, min=1e-12).float()
     zero = torch.zeros(weight.shape[0], dtype=torch.int32)
@@ -119,12 +125,13 @@ def make_quantized_layer(layer: Any, scheme: QuantScheme) -> Any:
             self.layer = layer
             self.input_quant = make_activation_quantizer(scheme)
             self.qmax = scheme.weight_qmax
+            self.per_channel = scheme.per_channel
 
         def forward(self, x: Any) -> Any:
             x = self.input_quant(x)
             if self.input_quant.observing:
                 return self.layer(x)
-            w = fake_quantize_weight(self.layer.weight, self.qmax)
+            w = fake_quantize_weight(self.layer.weight, self.qmax, self.per_channel)
             if isinstance(self.layer, nn.Linear):
                 return functional.linear(x, w, self.layer.bias)
             return self.layer._conv_forward(x, w, self.layer.bias)

@@ -24,6 +24,8 @@ class QATConfig(BaseModel):
     target: Literal["ort-cpu", "tensorrt"] = "ort-cpu"
     #: 7-bit weights for ort-cpu; auto: what the int8 pass decides for this CPU
     reduce_range: bool | Literal["auto"] = "auto"
+    #: per-output-channel weight scales (the int8 pass's default); False: per-tensor, as ``--set per_channel=false``
+    per_channel: bool = True
     ranges: Literal["ema", "learnable"] = "ema"
     momentum: float = Field(0.1, gt=0, le=1)
     epochs: int = Field(3, ge=0)
@@ -47,9 +49,10 @@ def scheme_for(config: QATConfig) -> QuantScheme:
     """The int8 pass's layout for the target on this machine, as a fake-quant scheme."""
     from accelserve.passes.quantize_layout import choose_layout
 
-    layout = choose_layout(config.target, reduce_range=config.reduce_range)
+    layout = choose_layout(config.target, reduce_range=config.reduce_range, per_channel=config.per_channel)
     return QuantScheme(target=config.target, activation_symmetric=layout.activation_symmetric,
-                       reduce_range=layout.reduce_range, ranges=config.ranges, momentum=config.momentum)
+                       reduce_range=layout.reduce_range, ranges=config.ranges, momentum=config.momentum,
+                       per_channel=layout.per_channel)
 
 
 def calibrate_ranges(model: Any, wrappers: list[Any], data: TrainingData) -> int:

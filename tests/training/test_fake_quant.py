@@ -33,6 +33,19 @@ def test_weight_fake_quant_is_ort_per_channel_symmetric():
             np.testing.assert_allclose(got[c], expected, rtol=0, atol=1e-6)
 
 
+def test_per_tensor_weight_fake_quant_uses_one_scale():
+    """per_channel=False (the int8 pass's --set per_channel=false): one scale max|w| / qmax for the whole tensor."""
+    w = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    w[0] *= 20  # one channel with large weights: per-tensor rounds the others coarsely
+    scale = float(w.abs().max()) / 127
+    got = fake_quantize_weight(w, 127, per_channel=False)
+    expected = torch.clamp(torch.round(w / scale), -127, 127) * scale
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, fake_quantize_weight(w, 127), atol=1e-4)  # differs from per-channel
+    layer = prepare_qat(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3)), QuantScheme(per_channel=False))[0]
+    assert layer.per_channel is False
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_activation_ranges_follow_ort(symmetric: bool):
     from onnxruntime.quantization.quant_utils import compute_scale_zp
