@@ -114,7 +114,8 @@ def train_compress(model: Any, data: TrainingData, method: Method, output: str |
                     "target": r.scheme.target, "reduce_range": r.scheme.reduce_range,
                     "float_accuracy": r.float_accuracy, "ptq_accuracy": r.ptq_accuracy, "qat_accuracy": r.accuracy,
                     "onnx_vs_fake_quant_agreement": verification.agreement,
-                    "onnx_vs_fake_quant_max_abs_diff": verification.max_abs_diff})
+                    "onnx_vs_fake_quant_max_abs_diff": verification.max_abs_diff,
+                    "ranges_from_training": verification.ranges_transferred})
             elif method == "distill":
                 r = distill_mod.distill(model, data, config, student=student, progress=recorder)
                 export_mod.export_float(r.model, candidate, data, names)

@@ -2,9 +2,13 @@
 
 * Pruned / distilled models are exported with accelserve's torch exporter (verified against torch).
 * QAT models: the float layers with their fine-tuned weights are exported, then quantized by the ``int8`` pass in
-  the target's layout (``simplify,int8``, minmax ranges over the calibration inputs, the weights' per-channel
-  max|w| scales that the training simulated), and the Q/DQ model is verified against the fake-quant torch model:
-  top-1 agreement and the largest output difference on the held-out inputs.
+  the target's layout (``simplify,int8``, minmax ranges over the calibration inputs, the weights' max|w| scales
+  that the training simulated). The activation ranges the training used (calibrated, then EMA-updated or learned)
+  are then written into the Q/DQ model in place of the recalibrated ones: the input of every Conv/Gemm/MatMul and,
+  for ``ort-cpu``, the last layer's output (biases re-quantized to int32 at input scale x weight scale, as ONNX
+  Runtime's fused kernels read them). Other quantized tensors (e.g. residual adds) keep the calibrated ranges.
+  Finally the Q/DQ model is verified against the fake-quant torch model: top-1 agreement and the largest output
+  difference on the held-out inputs.
 
 Then the evaluation harness compares the exported original (FP32) with the result on the held-out data and labels,
 so the report has the same format as ``accelserve evaluate``.
@@ -33,9 +37,11 @@ class QATVerification:
     agreement: float  #: top-1 agreement of the ONNX Q/DQ model with the fake-quant torch model
     max_abs_diff: float
     samples: int
+    ranges_transferred: int = 0  #: activation ranges taken from the training (0: the calibrated ones kept)
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"agreement": self.agreement, "max_abs_diff": self.max_abs_diff, "samples": self.samples}
+        return {"agreement": self.agreement, "max_abs_diff": self.max_abs_diff, "samples": self.samples,
+                "ranges_transferred": self.ranges_transferred}
 
 
 def eval_arrays(data: TrainingData, input_names: list[str]) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
@@ -70,7 +76,74 @@ def export_qat(qat_model: Any, scheme: Any, output: Path, data: TrainingData, in
              {"target": scheme.target, "reduce_range": scheme.reduce_range, "method": "minmax",
               "per_channel": scheme.per_channel},
              calibration=lambda: feeds, evaluate=False, work_dir=work_dir)
-    return verify_qat(qat_model, output, data, input_names)
+    transferred = transfer_ranges(output, qat_model)
+    result = verify_qat(qat_model, output, data, input_names)
+    result.ranges_transferred = transferred
+    return result
+
+
+_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def transfer_ranges(path: Path, qat_model: Any) -> int:
+    """Write the fake-quant model's activation ranges into the Q/DQ model at ``path`` (in place); returns how many
+    tensors were set, 0 when the graph's compute nodes do not line up with the quantized layers one to one (the
+    calibrated ranges are then kept and the verification judges them)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    wrappers = [m for m in qat_model.modules() if hasattr(m, "input_quant") and hasattr(m, "layer")]
+    compute = [n for n in graph.node if n.op_type in _COMPUTE]
+
+    def dq(tensor: str) -> Any:
+        node = producers.get(tensor)
+        ok = node is not None and node.op_type == "DequantizeLinear" and all(i in inits for i in node.input[1:3])
+        return node if ok else None
+
+    def array(name: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[name])
+
+    def put(name: str, value: np.ndarray) -> None:
+        old = array(name)
+        inits[name].CopyFrom(numpy_helper.from_array(np.asarray(value).astype(old.dtype).reshape(old.shape), name))
+
+    plan = []
+    if len(compute) != len(wrappers):
+        return 0
+    for node, wrapper in zip(compute, wrappers):
+        dq_x, dq_w = dq(node.input[0]), dq(node.input[1])
+        if dq_x is None or dq_w is None or dq_w.input[0] not in inits:
+            return 0
+        if tuple(inits[dq_w.input[0]].dims) != tuple(wrapper.layer.weight.shape):
+            return 0
+        plan.append((node, wrapper, dq_x, dq_w))
+    count = 0
+    for node, wrapper, dq_x, dq_w in plan:
+        scale, zero, _, _ = wrapper.input_quant.qparams()
+        put(dq_x.input[1], np.float32(float(scale)))
+        put(dq_x.input[2], np.asarray(int(zero)))
+        count += 1
+        dq_b = dq(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if dq_b is not None and dq_b.input[0] in inits and array(dq_b.input[0]).dtype == np.int32:
+            bias = array(dq_b.input[0]).astype(np.float64) * array(dq_b.input[1]).astype(np.float64)
+            bias_scale = (float(scale) * array(dq_w.input[1]).astype(np.float64)).astype(np.float32)
+            info = np.iinfo(np.int32)
+            put(dq_b.input[0], np.clip(np.round(bias / bias_scale), info.min, info.max).astype(np.int32))
+            put(dq_b.input[1], bias_scale)
+    last, out_quant = plan[-1][0], plan[-1][1].output_quant
+    if out_quant is not None:
+        q = next((n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == last.output[0]), None)
+        if q is not None and all(i in inits for i in q.input[1:3]):
+            scale, zero, _, _ = out_quant.qparams()
+            put(q.input[1], np.float32(float(scale)))
+            put(q.input[2], np.asarray(int(zero)))
+            count += 1
+    onnx.save(model, str(path))
+    return count
 
 
 def verify_qat(qat_model: Any, onnx_path: Path, data: TrainingData, input_names: list[str]) -> QATVerification:

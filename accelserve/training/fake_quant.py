@@ -83,7 +83,10 @@ def make_activation_quantizer(scheme: QuantScheme) -> Any:
                 scale = (hi - lo) / 255.0
                 zero = torch.clamp(torch.round(-lo / torch.clamp(scale, min=1e-12)), 0, 255).to(torch.int32)
                 qmin, qmax = 0, 255
-            return torch.clamp(scale, min=1e-8), zero, qmin, qmax
+            scale = torch.clamp(scale, min=1e-8)
+            if self.scheme.ranges == "learnable":  # the learned factor on the calibrated scale (what is exported)
+                scale = scale * torch.exp(self.log_scale)
+            return scale, zero, qmin, qmax
 
         def forward(self, x: Any) -> Any:
             if self.training or self.observing or not bool(self.initialized):
@@ -93,7 +96,11 @@ def make_activation_quantizer(scheme: QuantScheme) -> Any:
                 return x
             scale, zero, qmin, qmax = self.qparams()
             if self.scheme.ranges == "learnable":
-                scale = scale.detach() * torch.exp(self.log_scale)
+                # LSQ: the scale gets a gradient (torch.fake_quantize_per_tensor_affine has none for it), scaled
+                # by 1 / sqrt(numel * qmax) so its steps stay commensurate with the weights'
+                grad_factor = 1.0 / float(max(x.numel(), 1) * qmax) ** 0.5
+                return torch._fake_quantize_learnable_per_tensor_affine(
+                    x, scale.reshape(1).float(), zero.reshape(1).float(), qmin, qmax, grad_factor)
             return torch.fake_quantize_per_tensor_affine(x, scale.reshape(1).float(), zero.reshape(1), qmin, qmax)
 
     return ActivationFakeQuant()
@@ -126,15 +133,20 @@ def make_quantized_layer(layer: Any, scheme: QuantScheme) -> Any:
             self.input_quant = make_activation_quantizer(scheme)
             self.qmax = scheme.weight_qmax
             self.per_channel = scheme.per_channel
+            #: set by prepare_qat on the model's last layer where the int8 pass quantizes that output too
+            self.output_quant: Any = None
 
         def forward(self, x: Any) -> Any:
             x = self.input_quant(x)
             if self.input_quant.observing:
-                return self.layer(x)
-            w = fake_quantize_weight(self.layer.weight, self.qmax, self.per_channel)
-            if isinstance(self.layer, nn.Linear):
-                return functional.linear(x, w, self.layer.bias)
-            return self.layer._conv_forward(x, w, self.layer.bias)
+                y = self.layer(x)
+            else:
+                w = fake_quantize_weight(self.layer.weight, self.qmax, self.per_channel)
+                if isinstance(self.layer, nn.Linear):
+                    y = functional.linear(x, w, self.layer.bias)
+                else:
+                    y = self.layer._conv_forward(x, w, self.layer.bias)
+            return self.output_quant(y) if self.output_quant is not None else y
 
     return QuantizedLayer()
 
@@ -177,12 +189,20 @@ def prepare_qat(model: Any, scheme: QuantScheme) -> list[Any]:
     visit(model)
     if not wrapped:
         raise InvalidInputError("the model has no Conv or Linear layer to quantize")
+    if scheme.target == "ort-cpu":
+        # ONNX Runtime's CPU layout also quantizes the output of the last Conv/Gemm (the logits, when it is the
+        # model's last op); simulate it so training sees, and the export keeps, that rounding
+        wrapped[-1].output_quant = make_activation_quantizer(scheme)
     return wrapped
 
 
+def activation_quantizers(wrappers: list[Any]) -> list[Any]:
+    return [q for w in wrappers for q in (w.input_quant, w.output_quant) if q is not None]
+
+
 def set_observing(wrappers: list[Any], on: bool) -> None:
-    for w in wrappers:
-        w.input_quant.observing = on
+    for q in activation_quantizers(wrappers):
+        q.observing = on
 
 
 def strip_qat(model: Any) -> Any:

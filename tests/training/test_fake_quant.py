@@ -110,3 +110,20 @@ def test_fold_prepare_and_strip_keep_the_float_function():
     assert not torch.allclose(quantized, reference, atol=1e-6)
     assert torch.allclose(quantized, reference, atol=0.2 * float(reference.detach().abs().max()))
     assert torch.allclose(strip_qat(folded)(x), reference, atol=1e-5)
+
+
+def test_learnable_ranges_train_the_scale_and_export_it():
+    """ranges='learnable': the scale gets a gradient (LSQ) and qparams() (what the export writes) includes it."""
+    q = make_activation_quantizer(QuantScheme(ranges="learnable"))
+    q.observing = True
+    q(torch.linspace(0.0, 4.0, 64))
+    q.observing = False
+    base, *_ = q.qparams()
+    q.train()
+    x = torch.linspace(0.0, 4.0, 64) + 0.01
+    ((q(x) - x * 0.5) ** 2).sum().backward()
+    assert q.log_scale.grad is not None and float(q.log_scale.grad) != 0.0
+    with torch.no_grad():
+        q.log_scale.add_(0.5)
+    scale, *_ = q.qparams()
+    assert float(scale) == pytest.approx(float(base) * float(np.exp(0.5)), rel=1e-5)

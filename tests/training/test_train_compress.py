@@ -59,6 +59,34 @@ def test_qat_exports_qdq_that_matches_the_fake_quant_model(tmp_path: Path, targe
     assert evaluation["base"]["metric"] > 0.9  # really trained (random weights would sit near 0.1)
 
 
+def test_qat_export_carries_the_training_ranges(tmp_path: Path):
+    """The Q/DQ model gets the activation ranges the training used (learned here), not recalibrated ones; biases are
+    re-quantized to the new input scale; per-tensor 7-bit weights as configured."""
+    from accelserve.training.export import export_qat
+    from accelserve.training.qat import qat
+
+    data = digits_training_data()
+    r = qat(trained_digits(), data, QATConfig(epochs=1, lr=1e-3, ranges="learnable", per_channel=False,
+                                              reduce_range=True))
+    v = export_qat(r.model, r.scheme, tmp_path / "q.onnx", data, ["x"], work_dir=tmp_path)
+    wrappers = [m for m in r.model.modules() if hasattr(m, "input_quant") and hasattr(m, "layer")]
+    assert v.ranges_transferred == len(wrappers) + 1  # every layer's input, and the logits (ort-cpu)
+    assert v.agreement >= 0.99
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    for node, wrapper in zip(convs, wrappers):
+        scale, zero, _, _ = wrapper.input_quant.qparams()
+        dq_x, dq_w = producers[node.input[0]], producers[node.input[1]]
+        assert float(inits[dq_x.input[1]]) == pytest.approx(float(scale), rel=1e-6)
+        assert int(inits[dq_x.input[2]]) == int(zero)
+        assert inits[dq_w.input[1]].size == 1  # per-tensor weight scale
+        assert np.abs(inits[dq_w.input[0]]).max() <= 64  # reduce_range: 7-bit weights
+        dq_b = producers[node.input[2]]
+        np.testing.assert_allclose(inits[dq_b.input[1]], float(scale) * inits[dq_w.input[1]], rtol=1e-6)
+
+
 def test_distillation_trains_a_pruned_student(tmp_path: Path):
     out = tmp_path / "student.onnx"
     result = train_compress(trained_digits(), digits_training_data(), "distill", out,
