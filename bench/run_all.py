@@ -24,6 +24,7 @@ BENCHMARKS = {
     "serving": ("serving.py", []),
     "quantization": ("quantization.py", []),
     "pruning": ("pruning.py", []),
+    "training": ("training.py", []),
     "loadtest_vs_wrk": ("loadtest_vs_wrk.py", []),
     "locust_capacity": ("locust_capacity.py", []),
     "loadgen_fidelity_trivial": ("loadtest_vs_wrk.py", ["--model", "trivial", "--tools", "http,wrk,grpc,h2load"]),

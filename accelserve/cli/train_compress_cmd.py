@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = p.add_argument_group("qat")
     q.add_argument("--target", choices=["ort-cpu", "tensorrt"], default="ort-cpu", help="Q/DQ layout (as int8)")
     q.add_argument("--ranges", choices=["ema", "learnable"], default="ema", help="activation range updates")
+    q.add_argument("--per-tensor-weights", action="store_true",
+                   help="one weight scale per tensor (as int8's per_channel=false); default per output channel")
+    q.add_argument("--reduce-range", choices=["auto", "true", "false"], default="auto",
+                   help="ort-cpu: 7-bit weights (auto: what the int8 pass picks for this CPU)")
     d = p.add_argument_group("distill / prune-finetune")
     d.add_argument("--student", help="MODULE:FN returning the (untrained) student module; default: pruned teacher")
     d.add_argument("--prune-ratio", type=float, default=None, help="distill: channels pruned to make the student")
@@ -55,7 +59,9 @@ def _config(args: argparse.Namespace):  # noqa: ANN202
 
     common = {"epochs": args.epochs, "lr": args.lr}
     if args.method == "qat":
-        cls, values = QATConfig, {**common, "target": args.target, "ranges": args.ranges}
+        reduce_range = {"auto": "auto", "true": True, "false": False}[args.reduce_range]
+        cls, values = QATConfig, {**common, "target": args.target, "ranges": args.ranges,
+                                  "per_channel": not args.per_tensor_weights, "reduce_range": reduce_range}
     elif args.method == "distill":
         cls, values = DistillConfig, {**common, "prune_ratio": args.prune_ratio, "temperature": args.temperature,
                                       "alpha": args.alpha}

@@ -123,7 +123,7 @@ def transfer_ranges(path: Path, qat_model: Any) -> int:
         plan.append((node, wrapper, dq_x, dq_w))
     count = 0
     for node, wrapper, dq_x, dq_w in plan:
-        scale, zero, _, _ = wrapper.input_quant.qparams()
+        scale, zero, _, _ = (t.detach() if hasattr(t, "detach") else t for t in wrapper.input_quant.qparams())
         put(dq_x.input[1], np.float32(float(scale)))
         put(dq_x.input[2], np.asarray(int(zero)))
         count += 1
@@ -138,7 +138,7 @@ def transfer_ranges(path: Path, qat_model: Any) -> int:
     if out_quant is not None:
         q = next((n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == last.output[0]), None)
         if q is not None and all(i in inits for i in q.input[1:3]):
-            scale, zero, _, _ = out_quant.qparams()
+            scale, zero, _, _ = (t.detach() if hasattr(t, "detach") else t for t in out_quant.qparams())
             put(q.input[1], np.float32(float(scale)))
             put(q.input[2], np.asarray(int(zero)))
             count += 1

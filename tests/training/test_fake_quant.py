@@ -126,4 +126,4 @@ def test_learnable_ranges_train_the_scale_and_export_it():
     with torch.no_grad():
         q.log_scale.add_(0.5)
     scale, *_ = q.qparams()
-    assert float(scale) == pytest.approx(float(base) * float(np.exp(0.5)), rel=1e-5)
+    assert float(scale.detach()) == pytest.approx(float(base.detach()) * float(np.exp(0.5)), rel=1e-5)

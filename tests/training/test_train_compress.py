@@ -127,12 +127,16 @@ def _cli(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_cli_writes_model_and_report_that_repo_add_takes(tmp_path: Path):
-    proc = subprocess.run(_cli(tmp_path, "--method", "qat", "--epochs", "1"), capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=600)
+    proc = subprocess.run(_cli(tmp_path, "--method", "qat", "--epochs", "1", "--per-tensor-weights",
+                               "--reduce-range", "true"), capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "qat: epoch 1/1" in proc.stderr  # plain progress lines in a log
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["complete"] and report["method"] == "qat" and len(report["epochs"]) == 1
+    assert report["figures"]["reduce_range"] is True and report["figures"]["ranges_from_training"] > 0
+    graph = onnx.load(str(tmp_path / "out.onnx")).graph
+    weight_scales = [onnx.numpy_helper.to_array(t).size for t in graph.initializer if t.name.endswith("weight_scale")]
+    assert weight_scales and all(size == 1 for size in weight_scales)  # --per-tensor-weights reached the export
     assert report["evaluation"]["candidates"][0]["metric"] > 0.9
     add = subprocess.run([sys.executable, "-m", "accelserve", "repo", "add", str(tmp_path / "out.onnx"), "--repo",
                           str(tmp_path / "repo"), "--name", "digits_qat"], capture_output=True, text=True,
