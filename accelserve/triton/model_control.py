@@ -35,6 +35,8 @@ DEFAULT_POLL_INTERVAL_S = 2.0
 _FAILED_LOAD = re.compile(r"failed to load \\?'(?P<name>[^'\\]+)\\?' version (?P<version>\d+): (?P<reason>.*?)\"?\s*$")
 #: a config Triton's core refuses: the model never gets to a version load
 _POLL_FAILED = re.compile(r"Poll failed for model directory \\?'(?P<name>[^'\\]+)\\?': (?P<reason>.*?)\"?\s*$")
+#: a model Triton's repository manager refuses before any version load (e.g. no version directory)
+_MODEL_FAILED = re.compile(r"failed to load model \\?'(?P<name>[^'\\]+)\\?': (?P<reason>.*?)\"?\s*$")
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,12 @@ class ModelControl:
 
 def load_failures(log: str) -> dict[str, str]:
     """Model name -> Triton's reason, for every "failed to load 'M' version N: reason" line of a server log and
-    every "Poll failed for model directory 'M': reason" line (a config Triton's core refuses); the last one wins."""
+    every "Poll failed for model directory 'M': reason" line (a config Triton's core refuses) and every
+    "failed to load model 'M': reason" line (refused before any version loads, e.g. no version directory);
+    the last one wins."""
     failures: dict[str, str] = {}
     for line in log.splitlines():
-        match = _FAILED_LOAD.search(line) or _POLL_FAILED.search(line)
+        match = _FAILED_LOAD.search(line) or _POLL_FAILED.search(line) or _MODEL_FAILED.search(line)
         if match:
             reason = match.group("reason").split("\\n\\nAt:", 1)[0].replace("\\'", "'").replace('\\"', '"')
             version = match.groupdict().get("version")

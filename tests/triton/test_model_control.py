@@ -66,9 +66,13 @@ def test_load_failures_are_read_from_the_log() -> None:
         'I1202 18:28:40.996037 11043 model_lifecycle.cc:777] "failed to load \'broken\'"\n'
         "E1202 18:39:08.543227 15215 model_repository_manager.cc:1460] \"Poll failed for model directory 'prio': "
         'default priority level must be in range [1, 3] for prio"\n'
+        "E1202 19:35:18.663877 19019 model_repository_manager.cc:724] \"failed to load model 'densenet_onnx': "
+        "at least one version must be available under the version policy of model 'densenet_onnx'\"\n"
     )
     assert load_failures(log) == {"broken": "version 1: Internal: ValueError: model 'broken', tensor 'x': bad dims",
-                                  "prio": "default priority level must be in range [1, 3] for prio"}
+                                  "prio": "default priority level must be in range [1, 3] for prio",
+                                  "densenet_onnx": "at least one version must be available under the version "
+                                                   "policy of model 'densenet_onnx'"}
 
 
 def test_shadow_follows_new_versions_changed_configs_and_removed_models(tmp_path: Path) -> None:
