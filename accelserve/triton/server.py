@@ -9,8 +9,9 @@ backend is not available locally run through accelserve's ONNX Runtime stand-in 
 waits until the server and every model are ready; if that fails, the ServerError quotes the relevant log lines.
 Stopping sends SIGTERM, waits, then kills the whole process group, and removes the temporary directory.
 
-Ready means *this* process is ready, never another server on the same port: the server gets a unique ``--id``
-that the HTTP endpoint must report, and its own log (from this start on) must show every endpoint started on
+Ready means *this* process is ready, never another server on the same port: the server gets a unique token in
+its (unused, tracing stays off) trace file name, which the HTTP endpoint must report in ``/v2/trace/setting``
+(its ``--id`` stays Triton's ``triton``, which clients check in the server metadata), and its own log (from this start on) must show every endpoint started on
 the requested port. The python backend's shared-memory segments (/dev/shm) are made private (0600) before ready.
 The temporary directory names its owner (``accelserve.leftovers``): a start removes those of killed runs.
 """
@@ -325,8 +326,9 @@ class TritonServer:
         self.log_path = self._log_file or workdir / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0  # --log-file appends
-        own_id = not any(a == "--id" or a.startswith("--id=") for a in self.extra_args)
+        own_id = not any(a.startswith(("--trace-config", "--trace-file")) for a in self.extra_args)
         self.server_id = f"accelserve-{os.getpid()}-{secrets.token_hex(6)}" if own_id else None
+        self._trace_file = workdir / f"{self.server_id}.trace" if own_id else None
         args = [
             str(self.install.binary),
             f"--model-repository={self.served_repository}",
@@ -341,8 +343,8 @@ class TritonServer:
             # a private shared-memory prefix: python-backend regions of servers running side by side must not clash
             f"--backend-config=python,shm-region-prefix-name={self._proc.shm_prefix}",
         ]
-        if self.server_id:
-            args.append(f"--id={self.server_id}")
+        if self._trace_file is not None:  # identifies this server; tracing stays off (Triton's default level)
+            args.append(f"--trace-config=triton,file={self._trace_file}")
         if self.install.caches_dir is not None:
             args.append(f"--cache-directory={self.install.caches_dir}")
         args += self.extra_args
@@ -440,10 +442,15 @@ class TritonServer:
                 if not re.search(re.escape(text) + r" \S*:" + str(self.ports.get(name, -1)) + r"\b", log)]
 
     def answering_server_id(self) -> str | None:
-        """The ``name`` (Triton's --id) of whatever server answers on our HTTP port, or None when none answers."""
+        """The id of whatever server answers on our HTTP port (the stem of the trace file it reports in
+        ``/v2/trace/setting``; its name otherwise), or None when none answers."""
         import json
 
         try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/trace/setting", timeout=2) as response:
+                trace_file = str(json.loads(response.read()).get("trace_file") or "")
+            if trace_file:
+                return Path(trace_file).stem
             with urllib.request.urlopen(f"{self.http_url}/v2", timeout=2) as response:
                 return str(json.loads(response.read()).get("name"))
         except (urllib.error.URLError, OSError, ValueError, AttributeError):

@@ -78,8 +78,11 @@ def test_serve_started_with_and_by_a_script_writes_its_ready_file_and_stops_on_s
         assert ready["pid"] == pid
         triton = ready["tritonserver_pid"]
         assert pid_alive(triton)
+        with urllib.request.urlopen(ready["http"] + "/v2/trace/setting", timeout=10) as response:
+            trace_file = json.loads(response.read())["trace_file"]
+        assert Path(trace_file).stem == ready["server_id"]  # the server answering is this one
         with urllib.request.urlopen(ready["http"] + "/v2", timeout=10) as response:
-            assert json.loads(response.read())["name"] == ready["server_id"]  # the server answering is this one
+            assert json.loads(response.read())["name"] == "triton"  # Triton's name, as clients expect
         assert ready["grpc"].startswith("grpc://127.0.0.1:") and ready["metrics"].endswith("/metrics")
         assert [(m["name"], m["state"]) for m in ready["models"]] == [("fixed", "READY")]
         stubs = descendants(triton)
