@@ -104,5 +104,6 @@ def write(root: Path) -> Path:
         "sequence_batching { max_sequence_idle_microseconds: 10000000\n"
         "  oldest { max_candidate_sequences: 1024 max_queue_delay_microseconds: 10000 }\n"
         f"  control_input [ {controls} ] }}\n"
-        + seq_io + "instance_group [ { count: 2 kind: KIND_CPU } ]\n")
+        + seq_io + 'parameters [ { key: "execute_delay_ms" value: { string_value: "3" } } ]\n'
+        "instance_group [ { count: 2 kind: KIND_CPU } ]\n")
     return root
