@@ -5,13 +5,15 @@ bench/results/ and the docs (docs/benchmarks.md, docs/loadtest.md), each with th
     .venv/bin/python bench/run_all.py --quick    # smoke runs: check that every benchmark works; figures mean nothing
     .venv/bin/python bench/run_all.py --only serving,pruning
 
-The load-test comparison needs wrk (Debian/Ubuntu: apt-get install -y wrk); without it that benchmark is skipped
-and says so.
+The load-test comparison needs wrk (Debian/Ubuntu: apt-get install -y wrk); the Olive comparison needs Olive in its
+own virtual environment (see bench/olive_compare.py; $ACCELSERVE_OLIVE_VENV, default /tmp/olive-venv). Without
+either, that benchmark is skipped and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ BENCHMARKS = {
     "locust_capacity": ("locust_capacity.py", []),
     "loadgen_fidelity_trivial": ("loadtest_vs_wrk.py", ["--model", "trivial", "--tools", "http,wrk,grpc,h2load"]),
     "tune_search": ("tune_search.py", []),
+    "olive_compare": ("olive_compare.py", []),
 }
 
 
@@ -46,6 +49,10 @@ def main() -> int:
         script, extra = BENCHMARKS[name]
         if name.startswith(("loadtest_vs_wrk", "loadgen_fidelity")) and shutil.which("wrk") is None:
             print(f"== {name}: SKIPPED, wrk is not installed (apt-get install -y wrk)", flush=True)
+            continue
+        olive = Path(os.environ.get("ACCELSERVE_OLIVE_VENV", "/tmp/olive-venv")) / "bin" / "olive"
+        if name == "olive_compare" and not olive.exists():
+            print(f"== {name}: SKIPPED, no Olive environment ({olive} missing; see bench/olive_compare.py)", flush=True)
             continue
         cmd = [sys.executable, str(BENCH / script), *(["--quick"] if args.quick else ["--write-docs", *extra])]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
