@@ -45,11 +45,14 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +178,13 @@ def run_olive(work: Path, venv: Path, i: int, budget: float) -> dict[str, Any]:
     cfg.write_text(json.dumps(olive_config(work, run_dir, budget, BATCH), indent=2))
     env = {**os.environ, "OLIVE_DISABLE_TELEMETRY": "1"}
     env.pop("PYTHONPATH", None)
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     proc = subprocess.run([str(venv / "bin" / "olive"), "run", "--config", str(cfg)], cwd=run_dir,
                           capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
+    stamp = re.search(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", proc.stdout + proc.stderr, re.M)
+    # start-up: from the command's start to Olive's first log line (imports: olive, torch, onnxruntime ...)
+    startup = (datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0) if stamp else None
     (run_dir / "olive.log").write_text(proc.stdout + proc.stderr)
     out = run_dir / "out" / "model.onnx"
     if proc.returncode != 0 or not out.exists():
@@ -203,12 +209,30 @@ def run_olive(work: Path, venv: Path, i: int, budget: float) -> dict[str, Any]:
                    speedup=own["base_latency_ms"] / m["latency-avg"]["value"])
     kept = run_dir / "winner.onnx"
     shutil.copy(out, kept)
-    return {"seconds": seconds, "exit": proc.returncode, "model": str(kept), "recipe": recipe,
+    return {"seconds": seconds, "startup_s": startup, "exit": proc.returncode, "model": str(kept), "recipe": recipe,
             "candidates": len(nodes), "goals_met": sum(1 for n in nodes if n["metrics"].get("if_goals_met")),
             "own": own}
 
 
-def measure(models: dict[str, str], work: Path, max_seconds: float) -> dict[str, dict[str, Any]]:
+def activation_type(path: str) -> str | None:
+    """Element type of the first QuantizeLinear's zero point (the activations' type), or None."""
+    import onnx
+
+    model = onnx.load(path)
+    init = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in init:
+            return onnx.helper.tensor_dtype_to_np_dtype(init[node.input[2]].data_type).name
+    return None
+
+
+def op_counts(path: str) -> dict[str, int]:
+    import onnx
+
+    return dict(sorted(Counter(n.op_type for n in onnx.load(path).graph.node).items()))
+
+
+def measure(models: dict[str, str], work: Path, max_seconds: float, rounds: int) -> dict[str, dict[str, Any]]:
     from accelserve.evaluate._ort import run_model
     from accelserve.evaluate.accuracy import load_labels, top1_accuracy
     from accelserve.evaluate.speed import measure_latencies
@@ -221,49 +245,85 @@ def measure(models: dict[str, str], work: Path, max_seconds: float) -> dict[str,
     for name, path in models.items():
         outputs = run_model(path, feeds)
         out[name] = {"top1": top1_accuracy({"y": np.concatenate([next(iter(o.values())) for o in outputs])}, labels),
-                     "size_bytes": Path(path).stat().st_size}
+                     "size_bytes": Path(path).stat().st_size, "ops": op_counts(path),
+                     "activations": activation_type(path)}
     names = list(models)
-    stats = measure_latencies([models[n] for n in names], feeds, batch_size=BATCH, max_seconds=max_seconds)
-    for name, st in zip(names, stats):
-        out[name].update(st.to_dict())
+    # several interleaved timing calls, the model order reversed every other call; p50 = median over calls
+    per_call: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name, st in zip(order, measure_latencies([models[n] for n in order], feeds, batch_size=BATCH,
+                                                     max_seconds=max_seconds)):
+            per_call[name].append(st.p50_ms)
+            out[name].update(threads=st.threads, stable=bool(out[name].get("stable", True) and st.stable))
+    for name in names:
+        out[name]["p50_ms_per_call"] = per_call[name]
+        out[name]["p50_ms"] = float(np.median(per_call[name]))
     for name in names:
         out[name]["accuracy_drop_points"] = 100 * (out["fp32"]["top1"] - out[name]["top1"])
-        out[name]["speedup"] = out["fp32"]["p50_ms"] / out[name]["p50_ms"]
+        # per call (same load for FP32 and the candidate), then the median over calls
+        out[name]["speedup"] = float(np.median(np.asarray(per_call["fp32"]) / np.asarray(per_call[name])))
     return out
+
+
+def _recipe(recipe: Any) -> str:
+    if isinstance(recipe, dict):  # Olive: the searched parameters of the chosen point
+        short = {"precision": "weights", "per_channel": "per_channel", "reduce_range": "reduce_range",
+                 "quant_preprocess": "preprocess", "calibrate_method": "", "quant_format": "",
+                 "activation_type": "act"}
+        parts = []
+        for k, v in recipe.items():
+            if isinstance(v, bool):
+                parts.append(short[k] + ("" if v else "=no"))
+            elif short.get(k):
+                parts.append(f"{short[k]}={v}")
+            else:
+                parts.append(str(v))
+        return " ".join(parts)
+    return str(recipe)
+
+
+def _quant_ops(ops: dict[str, int]) -> str:
+    keep = {k: v for k, v in ops.items() if "quant" in k.lower() or "QLinear" in k or "Integer" in k}
+    return ", ".join(f"{k} {v}" for k, v in keep.items()) or "-"
 
 
 def markdown(res: dict[str, Any]) -> str:
     m, v = res["machine"], res["olive_env"]
     ev = res["evaluated"]
-    lines = [f"Machine: {m.get('model', '?')} ({m.get('machine', 'x86_64')}), {m.get('cores', '?')} cores, "
-             f"accelserve's ONNX Runtime {m.get('onnxruntime')}; Olive venv: olive-ai {v['olive-ai']}, onnxruntime "
-             f"{v['onnxruntime']}, numpy {v['numpy']}, torch {v['torch']}; {res['written']}; load average at start "
-             f"{res['loadavg_start']}, at end {res['loadavg_end']}",
-             "",
-             f"Digits CNN (trained here), FP32 top-1 {ev['fp32']['top1']:.4f} on the 540 held-out digits; budget "
-             f"{res['budget']:g} points; objective latency at batch {BATCH}; accelserve candidates: "
-             f"`{res['candidates']}`; run order {' '.join(res['order'])}.",
-             "",
-             "| tool | search wall s (each run) | candidates tried | winner | top-1 | drop (pts) | p50 ms @16 "
-             "| speedup vs FP32 | tool's own drop / speedup |",
-             "|---|---|---|---|---|---|---|---|---|"]
     f = ev["fp32"]
-    lines.append(f"| FP32 | - | - | exported model | {f['top1']:.4f} | - | {f['p50_ms']:.3f} | 1.00 | - |")
+    lines = [f"Machine: {m.get('model', '?')} ({m.get('machine', 'x86_64')}), {m.get('cores', '?')} cores, "
+             f"accelserve's ONNX Runtime {m.get('onnxruntime')}; Olive's venv: olive-ai {v['olive-ai']}, onnxruntime "
+             f"{v['onnxruntime']}, onnx {v['onnx']}, numpy {v['numpy']}, torch {v['torch']}; {res['written']}; "
+             f"load average (1/5/15 min) {res['loadavg_start']} at start, {res['loadavg_end']} at end.",
+             "",
+             f"Digits CNN trained here, FP32 top-1 {f['top1']:.4f} on the 540 held-out digits, "
+             f"p50 {f['p50_ms']:.3f} ms at batch {BATCH}. Budget {res['budget']:g} points; objective latency at "
+             f"batch {BATCH}; accelserve candidates `{res['candidates']}`. Search runs in the order "
+             f"{' '.join(res['order'])}, each from a fresh cache.",
+             "",
+             "| run | search wall s | candidates | winner | top-1 | drop (pts) | p50 ms @16 | speedup | "
+             "tool's own drop / speedup | activations | Q/DQ ops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for tool in ("accelserve", "olive"):
-        runs = res["runs"][tool]
-        last = runs[-1]
-        e = ev[tool]
-        recipe = last["recipe"]
-        if isinstance(recipe, dict):
-            recipe = ", ".join(f"{k}={val}" for k, val in recipe.items())
-        own = last["own"]
-        own_text = (f"{own.get('accuracy_drop_points', float('nan')):+.2f} / {own.get('speedup', float('nan')):.2f}x")
-        lines.append(f"| {tool} | {' / '.join(format(r['seconds'], '.1f') for r in runs)} | {last['candidates']} | "
-                     f"`{recipe}` | {e['top1']:.4f} | {e['accuracy_drop_points']:+.2f} | {e['p50_ms']:.3f} | "
-                     f"{e['speedup']:.2f} | {own_text} |")
-    lines += ["", "Top-1, drop, p50 and speedup: measured here with accelserve.evaluate (the three models timed "
-              "together, interleaved, batch 16, one process); \"tool's own\" is what each tool reported for its "
-              "winner (Olive: its avg latency at batch 16 and accuracy_score)."]
+        for k, run in enumerate(res["runs"][tool]):
+            e = ev[f"{tool}#{k + 1}"]
+            own = run["own"]
+            own_text = (f"{own['accuracy_drop_points']:+.2f} / {own['speedup']:.2f}x"
+                        if "speedup" in own else "-")
+            wall = f"{run['seconds']:.1f}"
+            if run.get("startup_s") is not None:
+                wall += f" (start-up {run['startup_s']:.1f})"
+            tried = f"{run['candidates']} ({run['built']} built)" if "built" in run else str(run["candidates"])
+            lines.append(f"| {tool} #{k + 1} | {wall} | {tried} | `{_recipe(run['recipe'])}` | "
+                         f"{e['top1']:.4f} | {e['accuracy_drop_points']:+.2f} | {e['p50_ms']:.3f} | "
+                         f"{e['speedup']:.2f}x | {own_text} | {e['activations']} | {_quant_ops(e['ops'])} |")
+    lines += ["", "Top-1, drop, p50 and speedup: every winner and the FP32 model evaluated here with "
+              "accelserve.evaluate, all timed together, interleaved, at batch 16 in one process; p50 is the median of "
+              f"{res['timing_rounds']} such timing calls (model order reversed every other call), speedup the median "
+              "of the per-call FP32/model ratios. \"Tool's own\": what "
+              "each tool reported for its winner (Olive: accuracy_score and avg latency from its footprint). Olive's "
+              "start-up: from the command's start to its first log line."]
     return "\n".join(lines)
 
 
@@ -277,9 +337,16 @@ def main() -> int:
     ap.add_argument("--candidates", choices=["auto", "int8"], default="auto", help="accelserve's candidates")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--timing-seconds", type=float, default=10.0, help="final interleaved timing, per model")
+    ap.add_argument("--timing-rounds", type=int, default=4, help="interleaved timing calls (order alternates)")
     ap.add_argument("--quick", action="store_true", help="one run each, short timing; nothing written")
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--docs-only", action="store_true",
+                    help="rewrite the docs block from bench/results/olive_compare.json; runs nothing")
     args = ap.parse_args()
+    if args.docs_only:
+        write_docs_section("olive_compare", markdown(json.loads((ROOT / "bench" / "results" / "olive_compare.json")
+                                                                .read_text())), "Pipeline (`accelserve run`) vs Olive")
+        return 0
     venv = Path(args.olive_venv)
     if not (venv / "bin" / "olive").exists():
         print(f"olive_compare: SKIPPED, no Olive environment at {venv} (no {venv / 'bin' / 'olive'}). Set it up with\n"
@@ -287,7 +354,7 @@ def main() -> int:
               "and pass --olive-venv or set ACCELSERVE_OLIVE_VENV.")
         return 0
     if args.quick:
-        args.repeats, args.timing_seconds = 1, 2.0
+        args.repeats, args.timing_seconds, args.timing_rounds = 1, 2.0, 1
     versions = olive_versions(venv)
     work = Path(tempfile.mkdtemp(prefix="accelserve-bench-olive-"))
     try:
@@ -302,15 +369,19 @@ def main() -> int:
             res = run_accelserve(work, i) if tool == "accelserve" else run_olive(work, venv, i, args.budget)
             runs[tool].append(res)
             print(f"{tool}: {res['seconds']:.1f} s, winner {res['recipe']}", flush=True)
-        models = {"fp32": str(work / "digits_cnn.onnx"), "accelserve": runs["accelserve"][-1]["model"],
-                  "olive": runs["olive"][-1]["model"]}
-        evaluated = measure(models, work, args.timing_seconds)
+        # every run's winner is evaluated and timed (each tool's pick can change from run to run under noise)
+        models = {"fp32": str(work / "digits_cnn.onnx")}
+        for tool in ("accelserve", "olive"):
+            for k, r in enumerate(runs[tool]):
+                models[f"{tool}#{k + 1}"] = r["model"]
+        evaluated = measure(models, work, args.timing_seconds, args.timing_rounds)
         loadavg_end = " ".join(f"{x:.1f}" for x in os.getloadavg())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"written": time.strftime("%Y-%m-%d"), "machine": machine(), "olive_env": versions,
               "budget": args.budget, "candidates": args.candidates, "order": order, "runs": runs,
-              "evaluated": evaluated, "loadavg_start": loadavg_start, "loadavg_end": loadavg_end,
+              "evaluated": evaluated, "timing_rounds": args.timing_rounds,
+              "loadavg_start": loadavg_start, "loadavg_end": loadavg_end,
               "note": "model paths point into a deleted temporary directory"}
     text = markdown(result)
     print(text)
