@@ -69,14 +69,15 @@ def choose_layout(
     *,
     per_channel: bool = True,
     reduce_range: bool | Literal["auto"] = "auto",
-    activation_type: Literal["auto", "uint8", "int8"] = "auto",
+    activation_type: Literal["auto", "uint8", "int8", "int8-asymmetric"] = "auto",
     op_types: list[str] | None = None,
 ) -> QuantLayout:
     reasons: list[str] = []
     if target == "tensorrt":
-        if activation_type == "uint8":
-            raise OptimizationError("TensorRT's explicit quantization takes signed INT8 only; uint8 activations are "
-                                    "not accepted", hint="drop activation_type or use --target ort-cpu")
+        if activation_type in ("uint8", "int8-asymmetric"):
+            raise OptimizationError(f"TensorRT's explicit quantization takes symmetric signed INT8 only; "
+                                    f"{activation_type} activations are not accepted",
+                                    hint="drop activation_type or use --target ort-cpu")
         reasons.append("tensorrt: symmetric INT8 activations and weights (TensorRT explicit quantization)")
         return QuantLayout(
             target=target, activation_type="int8", weight_type="int8", activation_symmetric=True,
@@ -99,6 +100,10 @@ def choose_layout(
         else:
             act = "int8"
             reasons.append(f"ort-cpu on {cpu.machine}: symmetric INT8 activations (S8S8), ONNX Runtime's ARM guidance")
+    symmetric = act == "int8"
+    if act == "int8-asymmetric":  # ONNX Runtime's own quantize_static default (S8S8 with activation zero points)
+        act = "int8"
+        reasons.append("INT8 activations with zero points (S8S8 asymmetric, ONNX Runtime's quantize_static default)")
     rr = reduce_range
     if rr == "auto":
         saturates = act == "uint8" and cpu.x86 and u8s8_saturates()
@@ -108,9 +113,9 @@ def choose_layout(
             else "u8 x s8 kernels do not saturate here (probe): full 8-bit weights"
         )
     return QuantLayout(
-        target=target, activation_type=act, weight_type="int8", activation_symmetric=act == "int8",
+        target=target, activation_type=act, weight_type="int8", activation_symmetric=symmetric,
         per_channel=per_channel, reduce_range=bool(rr), op_types=tuple(op_types or ORT_CPU_OPS),
-        extra_options={"ActivationSymmetric": act == "int8", "WeightSymmetric": True},
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
         reasons=tuple(reasons),
     )
 

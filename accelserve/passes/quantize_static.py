@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import onnx
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from accelserve.artifact import ModelArtifact
 from accelserve.calibration import SMOKE_ONLY, CalibrationData
@@ -54,7 +54,8 @@ class Int8Config(PassConfig):
     percentile_bins: int = Field(2048, ge=128)
     per_channel: bool = True  #: per-output-channel weight scales
     reduce_range: bool | Literal["auto"] = "auto"  #: 7-bit weights; auto: when the CPU's u8 x s8 kernels saturate
-    activation_type: Literal["auto", "uint8", "int8"] = "auto"  #: auto: from the target (and CPU)
+    #: auto: from the target (and CPU); int8 is symmetric; int8-asymmetric (ort-cpu) has zero points
+    activation_type: Literal["auto", "uint8", "int8", "int8-asymmetric"] = "auto"
     op_types: list[str] | None = None  #: op types to quantize; None: the target's placement
     exclude_nodes: list[str] = Field(default_factory=list)  #: node names kept in float
     exclude_op_types: list[str] = Field(default_factory=list)  #: op types kept in float
@@ -69,6 +70,12 @@ class Int8Config(PassConfig):
     sensitivity_metric: SensitivityMetric = "auto"
     sensitivity_feeds: int = Field(4, ge=1)  #: calibration feeds used to measure errors
     accuracy_budget: float | None = Field(None, ge=0)  #: max error (sensitivity_metric units); worst layers excluded
+
+    @model_validator(mode="after")
+    def _tensorrt_is_symmetric(self) -> "Int8Config":
+        if self.target == "tensorrt" and self.activation_type in ("uint8", "int8-asymmetric"):
+            raise ValueError(f"target tensorrt takes symmetric int8 activations, not {self.activation_type}")
+        return self
 
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
@@ -123,6 +130,7 @@ class Int8StaticPass(Pass[Int8Config]):
     requires_calibration: ClassVar[bool] = True
     search_space: ClassVar[dict[str, list[Any]]] = {
         "method": ["minmax", "entropy", "percentile"], "per_channel": [True, False],
+        "activation_type": ["auto", "int8-asymmetric"],
     }
 
     def run(self, model: ModelArtifact, output: Path, context: PassContext) -> ModelArtifact:

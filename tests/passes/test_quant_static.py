@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from accelserve.artifact import ModelArtifact
 from accelserve.calibration import load_calibration
-from accelserve.errors import OptimizationError
+from accelserve.errors import InvalidInputError, OptimizationError
 from accelserve.evaluate import accuracy_vs_base
 from accelserve.passes.base import PassContext
 from accelserve.passes.quantize_calibrate import _MEMORY_CACHE, entropy_threshold
@@ -65,6 +65,39 @@ def test_ort_cpu_layout_is_u8_activations_s8_per_channel_weights(cnn: Path, tmp_
     assert q_zero_points and all(zp.dtype == np.uint8 for zp in q_zero_points)  # activations: UINT8
     assert ctx.report["layout"]["activation_type"] == "uint8"
     assert accuracy_vs_base(cnn, out.path, cnn_feeds(count=2, seed=9)).cosine > 0.99
+
+
+def test_asymmetric_int8_activations_match_onnx_runtimes_quantize_static_default(cnn: Path, tmp_path: Path) -> None:
+    """activation_type=int8-asymmetric: S8S8 with activation zero points, ONNX Runtime's own default layout (what
+    Olive's search picked, faster than U8S8 on a VNNI CPU); in the int8 pass's search space. TensorRT refuses it."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    out, ctx = _run(cnn, tmp_path, activation_type="int8-asymmetric", method="minmax")
+    model = _graph(out.path)
+    inits = _inits(model)
+    q_zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert q_zero_points and all(zp.dtype == np.int8 for zp in q_zero_points)
+    assert any(zp.any() for zp in q_zero_points)  # zero points in use: asymmetric
+    assert ctx.report["layout"]["activation_type"] == "int8"
+    assert ctx.report["layout"]["activation_symmetric"] is False
+
+    feeds = cnn_feeds(count=4)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):  # noqa: ANN202
+            return next(self.it, None)
+
+    ort_out = tmp_path / "ort.onnx"
+    quantize_static(str(cnn), str(ort_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    ort_inits = _inits(_graph(ort_out))
+    ort_zero_points = [ort_inits[n.input[2]] for n in _graph(ort_out).graph.node if n.op_type == "QuantizeLinear"]
+    assert {zp.dtype for zp in ort_zero_points} == {np.dtype(np.int8)}  # the same layout ONNX Runtime picks
+    assert "int8-asymmetric" in Int8StaticPass.search_space["activation_type"]
+    with pytest.raises(InvalidInputError, match="symmetric int8 activations"):
+        Int8StaticPass.make_config({"target": "tensorrt", "activation_type": "int8-asymmetric"})
 
 
 def test_tensorrt_layout_is_symmetric_int8_with_qdq_on_inputs_only(cnn: Path, tmp_path: Path) -> None:
