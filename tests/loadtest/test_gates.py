@@ -57,6 +57,8 @@ def test_errors_fail_the_default_zero_error_rate_gate() -> None:
     assert not gate.passed
     [gate] = evaluate(with_errors, max_error_rate=0.05)
     assert gate.passed
+    assert evaluate(with_errors) == []  # the library has no default gate; the CLI's default 0 is tested in
+    # tests/cli/test_loadtest_gates_cli.py
 
 
 def test_regression_against_a_baseline() -> None:
@@ -90,7 +92,13 @@ def test_summary_lists_failures_first() -> None:
 
 
 def test_require_stable() -> None:
-    run = make_run([(1, 200, 2.0)])
+    run = make_run([(1, 200, 2.0), (4, 600, 4.0)])
+    [gate] = evaluate(run, require_stable=True)
+    assert gate.passed and gate.name == "stable" and gate.detail == "every step reached a stable measurement"
+    run.steps[1].stable = None  # a fixed-duration step has no stability check: not a failure
+    [gate] = evaluate(run, require_stable=True)
+    assert gate.passed
     run.steps[0].stable = False
     [gate] = evaluate(run, require_stable=True)
-    assert not gate.passed
+    assert not gate.passed and gate.detail == "steps [1] did not stabilize within --max-step-time"
+    assert evaluate(run) == []  # not asked for: no gate
