@@ -158,6 +158,50 @@ def test_failed_config_replace_rolls_back_the_new_version(
     assert no_staging_left(repo.parent)
 
 
+def _fail_rename_into(target: Path, err: int, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Make the final move of a new model directory onto ``target`` fail with ``err`` (fault injection)."""
+    real_rename = os.rename
+    tried: list[Path] = []
+
+    def rename(src: object, dst: object) -> None:
+        if Path(dst).absolute() == target.absolute():
+            tried.append(Path(dst))
+            raise OSError(err, os.strerror(err))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return tried
+
+
+@pytest.mark.parametrize("missing", [0, 1, 3], ids=["repo-exists", "repo-missing", "three-dirs-missing"])
+def test_a_failed_final_move_of_a_new_model_leaves_everything_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: Path, missing: int
+) -> None:
+    root = tmp_path / "disk"
+    root.mkdir()
+    (root / "other.txt").write_text("unrelated")
+    repo = root.joinpath(*[f"d{i}" for i in range(missing - 1)], "model_repository") if missing else root
+    if not missing:
+        add_model(model, repo, "kept")  # an existing model must be untouched too
+    before = snapshot(tmp_path)
+    tried = _fail_rename_into(repo / "ident", errno.EIO, monkeypatch)
+    with pytest.raises(RepositoryError, match="failed: Input/output error; the repository was left unchanged"):
+        add_model(model, repo, "ident")
+    assert tried  # the fault was injected at the final move
+    assert snapshot(tmp_path) == before  # byte for byte: no model dir, no repo dirs created on the way, no staging
+    assert repo.exists() is (not missing)
+
+
+def test_a_model_that_appeared_during_the_add_is_reported_and_nothing_is_left(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: Path, repo: Path
+) -> None:
+    before = snapshot(tmp_path)
+    _fail_rename_into(repo / "ident", errno.ENOTEMPTY, monkeypatch)
+    with pytest.raises(RepositoryError, match="appeared while the model was being added"):
+        add_model(model, repo, "ident")
+    assert snapshot(tmp_path) == before and not repo.exists()
+
+
 def test_a_concurrent_add_that_took_the_version_number_is_skipped(
     monkeypatch: pytest.MonkeyPatch, model: Path, repo: Path
 ) -> None:
