@@ -1,5 +1,10 @@
 """`accelserve loadtest` against the real tritonserver: sweeps over HTTP and gRPC, reports, gates, distributed
-mode, request options, pre-run errors, and the plain-Locust locustfile. One server for the module."""
+mode, request options, pre-run errors, and the plain-Locust locustfile. One server for the module.
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. Latencies measured here are the stand-in's (python backend + ONNX Runtime),
+not those of the native backend a production Triton would use."""
 
 from __future__ import annotations
 
