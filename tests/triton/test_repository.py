@@ -108,6 +108,60 @@ def test_existing_version_policy_is_kept_and_a_specific_policy_is_flagged(model:
     assert any("will not load version 2" in n for n in result.notes)
 
 
+def test_a_latest_policy_raises_no_note_and_a_listed_version_none_either(model: Path, repo: Path) -> None:
+    add_model(model, repo, "ident")
+    config_path = repo / "ident" / "config.pbtxt"
+    config_path.write_text(config_path.read_text() + "version_policy { latest { num_versions: 2 } }\n")
+    assert add_model(model, repo, "ident").notes == ()
+    config_path.write_text(config_path.read_text().replace("latest { num_versions: 2 }", "specific { versions: [3] }"))
+    assert add_model(model, repo, "ident").notes == ()  # version 3 is listed
+
+
+@pytest.mark.parametrize("header, compatible", [
+    ('backend: "onnxruntime"', True),  # Triton's other spelling of an ONNX model
+    ('platform: "onnxruntime_onnx"\nbackend: "onnxruntime"', True),
+    ('backend: "python"', False),
+    ('platform: "tensorrt_plan"', False),
+    ('platform: "tensorrt_plan"\nbackend: "onnxruntime"', False),
+])
+def test_existing_config_of_another_backend_is_incompatible(model: Path, repo: Path, header: str,
+                                                            compatible: bool) -> None:
+    add_model(model, repo, "ident")
+    config_path = repo / "ident" / "config.pbtxt"
+    lines = [ln for ln in config_path.read_text().splitlines() if not ln.startswith(("platform:", "backend:"))]
+    config_path.write_text(header + "\n" + "\n".join(lines) + "\n")
+    if compatible:
+        assert add_model(model, repo, "ident").version == 2
+        return
+    with pytest.raises(RepositoryError) as err:
+        add_model(model, repo, "ident")
+    old = header.split('"')[1]
+    assert f"does not match the existing config of 'ident' ({config_path}): platform/backend '{old}' -> " \
+           f"'onnxruntime_onnx'" in str(err.value)
+    assert err.value.hint == ("add it under a new --name, or pass --replace-config to write a fresh config (older "
+                              "versions stay on disk; with Triton's default version policy only the newest is served)")
+    result = add_model(model, repo, "ident", replace_config=True)
+    assert result.notes == (f"replaced an incompatible config: platform/backend '{old}' -> 'onnxruntime_onnx'",)
+
+
+def test_a_version_taken_by_a_concurrent_add_moves_on_to_a_free_number(
+    monkeypatch: pytest.MonkeyPatch, model: Path, repo: Path
+) -> None:
+    add_model(model, repo, "ident")
+    real_rename = os.rename
+    taken = repo / "ident" / "2"
+
+    def rename(src: object, dst: object) -> None:  # version 2 is always "taken" by someone else
+        if Path(dst) == taken:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    result = add_model(model, repo, "ident")
+    assert result.version == 3 and list(version_dirs(repo / "ident")) == [1, 3]
+    assert (repo / "ident" / "3" / "model.onnx").read_bytes() == model.read_bytes()
+
+
 def test_model_dir_with_versions_but_no_config_needs_replace_config(model: Path, repo: Path) -> None:
     (repo / "legacy" / "1").mkdir(parents=True)
     with pytest.raises(RepositoryError, match="no config.pbtxt"):
@@ -185,8 +239,9 @@ def test_a_failed_final_move_of_a_new_model_leaves_everything_as_it_was(
         add_model(model, repo, "kept")  # an existing model must be untouched too
     before = snapshot(tmp_path)
     tried = _fail_rename_into(repo / "ident", errno.EIO, monkeypatch)
-    with pytest.raises(RepositoryError, match="failed: Input/output error; the repository was left unchanged"):
+    with pytest.raises(RepositoryError, match="failed: Input/output error; the repository was left unchanged") as err:
         add_model(model, repo, "ident")
+    assert err.value.hint is None  # the disk-space hint is only for ENOSPC
     assert tried  # the fault was injected at the final move
     assert snapshot(tmp_path) == before  # byte for byte: no model dir, no repo dirs created on the way, no staging
     assert repo.exists() is (not missing)
