@@ -13,7 +13,8 @@ import pytest
 
 from accelserve.cli.main import main
 from accelserve.loadtest import runner
-from accelserve.loadtest.results import RunResult
+from accelserve.loadtest.results import RunResult, SweepSettings
+from accelserve.loadtest.runner import RequestOptions
 from tests.loadtest.synthetic import make_run
 
 URL = "http://127.0.0.1:9"  # never contacted: the load run is replaced
@@ -26,7 +27,7 @@ def fake_run(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     state: dict[str, RunResult] = {"result": make_run([(1, 200, 2.0), (4, 600, 4.0)])}
 
     def run_loadtest(target: str, model: str, settings: Any, *args: Any, **kwargs: Any) -> RunResult:
-        calls.append((target, model, settings))
+        calls.append((target, model, settings, kwargs))
         return state["result"]
 
     monkeypatch.setattr(runner, "run_loadtest", run_loadtest)
@@ -124,3 +125,73 @@ def test_bad_gate_arguments_exit_1_before_any_load(fake_run: list[Any], capsys: 
     assert _loadtest(*args) == 1
     assert phrase in capsys.readouterr().err
     assert len(fake_run) == 1  # the load never ran
+
+
+def test_default_settings_reach_the_load_run(fake_run: list[Any]) -> None:
+    assert main(["loadtest", URL, "m"]) == 0
+    [(target, model, settings, kwargs)] = fake_run[1:]
+    assert (target, model) == (URL, "m")
+    assert settings == SweepSettings(mode="concurrency", levels=(1,), rate_users=16, warmup_s=2.0, window_s=2,
+                                     stability_tolerance=0.10, stability_windows=3, max_step_s=30.0,
+                                     fixed_duration_s=None, workers=0, request_timeout_s=30.0)
+    assert kwargs == {"protocol": None, "request": RequestOptions(), "connect_timeout_s": 5.0,
+                      "server_timeout_s": 120.0, "work_dir": None}
+
+
+def test_given_settings_reach_the_load_run(fake_run: list[Any], tmp_path: Path) -> None:
+    assert main(["loadtest", URL, "m", "--rate", "10,20.5", "--rate-users", "4", "--workers", "2", "--duration", "5",
+                 "--warmup", "0", "--window", "1", "--stability", "20%", "--stable-windows", "2",
+                 "--max-step-time", "9", "--batch", "4", "--shape", "x=4x3", "--range", "x=0:5", "--seed", "3",
+                 "--json-data", "--request-timeout", "7", "--timeout", "2", "--server-timeout", "60",
+                 "--protocol", "grpc", "--work-dir", str(tmp_path)]) == 0
+    [(_, _, settings, kwargs)] = fake_run[1:]
+    assert settings == SweepSettings(mode="rate", levels=(10.0, 20.5), rate_users=4, warmup_s=0.0, window_s=1,
+                                     stability_tolerance=0.20, stability_windows=2, max_step_s=9.0,
+                                     fixed_duration_s=5, workers=2, request_timeout_s=7.0)
+    assert kwargs == {"protocol": "grpc", "connect_timeout_s": 2.0, "server_timeout_s": 60.0, "work_dir": str(tmp_path),
+                      "request": RequestOptions(batch=4, shapes={"x": (4, 3)}, ranges={"x": (0.0, 5.0)},
+                                                binary_data=False, seed=3, request_timeout_s=7.0)}
+    assert main(["loadtest", URL, "m", "--concurrency", "2,8", "--stability", "0.05"]) == 0
+    settings = fake_run[-1][2]
+    assert (settings.mode, settings.levels, settings.stability_tolerance) == ("concurrency", (2, 8), 0.05)
+
+
+@pytest.mark.parametrize("args", [
+    ["--rate-users", "1"], ["--duration", "1"], ["--window", "1"], ["--stable-windows", "2"], ["--warmup", "0"],
+    ["--max-step-time", "0.5"], ["--stability", "99%"], ["--stability", "0.01"], ["--max-error-rate", "100%"],
+    ["--max-error-rate", "1"], ["--max-error-rate", "0%"], ["--rate", "0.5"], ["--concurrency", "1"],
+])
+def test_smallest_and_largest_allowed_values_are_accepted(fake_run: list[Any], args: list[str]) -> None:
+    assert main(["loadtest", URL, "m", *args]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rate-users", "0"], "--rate-users must be >= 1, got 0"),
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["--duration", "0"], "--duration must be a whole number of seconds >= 1, got 0"),
+    (["--window", "0"], "--window must be >= 1, --stable-windows >= 2, --warmup >= 0, --max-step-time > 0"),
+    (["--stable-windows", "1"], "--window must be >= 1, --stable-windows >= 2, --warmup >= 0, --max-step-time > 0"),
+    (["--warmup", "-1"], "--window must be >= 1, --stable-windows >= 2, --warmup >= 0, --max-step-time > 0"),
+    (["--max-step-time", "0"], "--window must be >= 1, --stable-windows >= 2, --warmup >= 0, --max-step-time > 0"),
+    (["--stability", "0%"], "--stability '0%' must be between 0% and 100%"),
+    (["--stability", "100%"], "--stability '100%' must be between 0% and 100%"),
+    (["--stability", "tight"], "--stability 'tight' is not a percentage like 10% or a fraction like 0.1"),
+    (["--max-error-rate", "101%"], "--max-error-rate '101%' must be between 0 and 1 (or 0% and 100%)"),
+    (["--max-error-rate", "-0.1"], "--max-error-rate '-0.1' must be between 0 and 1 (or 0% and 100%)"),
+    (["--concurrency", "0"], "--concurrency '0' needs positive values, e.g. --concurrency 1,4,16"),
+    (["--concurrency", ","], "--concurrency ',' needs positive values, e.g. --concurrency 1,4,16"),
+    (["--concurrency", "1.5"], "--concurrency '1.5' needs whole numbers of concurrent requests"),
+    (["--rate", "a,b"], "--rate 'a,b' is not a comma-separated list of numbers"),
+    (["--rate", "0"], "--rate '0' needs positive values, e.g. --rate 1,4,16"),
+    (["--regression-metrics", "p99_ms,fast"], "--regression-metrics: unknown metric 'fast'"),
+])
+def test_out_of_range_settings_are_user_errors(fake_run: list[Any], capsys: pytest.CaptureFixture[str],
+                                               args: list[str], message: str) -> None:
+    assert main(["loadtest", URL, "m", *args]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {message}"
+    assert len(fake_run) == 1
+
+
+def test_stability_as_a_percentage_is_divided_by_100(fake_run: list[Any]) -> None:
+    assert main(["loadtest", URL, "m", "--stability", "50%"]) == 0
+    assert fake_run[-1][2].stability_tolerance == 0.5
