@@ -8,6 +8,8 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).parent
+#: e2e modules that serve no ONNX model, with the reason
+EXEMPT = {"tensorrt/test_triton_config_parser.py": "checks that Triton refuses TensorRT entries for lack of the backend"}
 
 
 def _e2e_modules() -> list[Path]:
@@ -18,6 +20,6 @@ def _e2e_modules() -> list[Path]:
 def test_every_e2e_module_names_the_onnx_runtime_stand_in() -> None:
     modules = _e2e_modules()
     assert len(modules) >= 8  # the spine, serve/infer, TensorFlow, quantization, pruning, server, load tests
-    missing = [str(p.relative_to(TESTS)) for p in modules
-               if "ONNX Runtime stand-in" not in " ".join((ast.get_docstring(ast.parse(p.read_text())) or "").split())]
+    missing = [str(p.relative_to(TESTS)) for p in modules if str(p.relative_to(TESTS)) not in EXEMPT
+               and "ONNX Runtime stand-in" not in " ".join((ast.get_docstring(ast.parse(p.read_text())) or "").split())]
     assert not missing, f"module docstrings that do not say ONNX models run through the stand-in: {missing}"

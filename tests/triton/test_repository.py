@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -108,13 +109,24 @@ def test_existing_version_policy_is_kept_and_a_specific_policy_is_flagged(model:
     assert any("will not load version 2" in n for n in result.notes)
 
 
+def _variant(model: Path, tag: str) -> Path:
+    """The same graph with other bytes (adding identical bytes again is a no-op)."""
+    proto = onnx.load(str(model))
+    proto.doc_string = tag
+    out = model.with_name(f"{model.stem}_{tag}.onnx")
+    onnx.save(proto, str(out))
+    return out
+
+
 def test_a_latest_policy_raises_no_note_and_a_listed_version_none_either(model: Path, repo: Path) -> None:
     add_model(model, repo, "ident")
     config_path = repo / "ident" / "config.pbtxt"
     config_path.write_text(config_path.read_text() + "version_policy { latest { num_versions: 2 } }\n")
-    assert add_model(model, repo, "ident").notes == ()
+    result = add_model(_variant(model, "v2"), repo, "ident")
+    assert result.version == 2 and result.notes == ()
     config_path.write_text(config_path.read_text().replace("latest { num_versions: 2 }", "specific { versions: [3] }"))
-    assert add_model(model, repo, "ident").notes == ()  # version 3 is listed
+    result = add_model(_variant(model, "v3"), repo, "ident")
+    assert result.version == 3 and result.notes == ()  # version 3 is listed
 
 
 @pytest.mark.parametrize("header, compatible", [
@@ -131,7 +143,7 @@ def test_existing_config_of_another_backend_is_incompatible(model: Path, repo: P
     lines = [ln for ln in config_path.read_text().splitlines() if not ln.startswith(("platform:", "backend:"))]
     config_path.write_text(header + "\n" + "\n".join(lines) + "\n")
     if compatible:
-        assert add_model(model, repo, "ident").version == 2
+        assert add_model(_variant(model, "v2"), repo, "ident").version == 2
         return
     with pytest.raises(RepositoryError) as err:
         add_model(model, repo, "ident")
@@ -140,7 +152,7 @@ def test_existing_config_of_another_backend_is_incompatible(model: Path, repo: P
            f"'onnxruntime_onnx'" in str(err.value)
     assert err.value.hint == ("add it under a new --name, or pass --replace-config to write a fresh config (older "
                               "versions stay on disk; with Triton's default version policy only the newest is served)")
-    result = add_model(model, repo, "ident", replace_config=True)
+    result = add_model(_variant(model, "v2"), repo, "ident", replace_config=True)
     assert result.notes == (f"replaced an incompatible config: platform/backend '{old}' -> 'onnxruntime_onnx'",)
 
 
@@ -157,9 +169,10 @@ def test_a_version_taken_by_a_concurrent_add_moves_on_to_a_free_number(
         real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", rename)
-    result = add_model(model, repo, "ident")
+    second = _variant(model, "v2")
+    result = add_model(second, repo, "ident")
     assert result.version == 3 and list(version_dirs(repo / "ident")) == [1, 3]
-    assert (repo / "ident" / "3" / "model.onnx").read_bytes() == model.read_bytes()
+    assert (repo / "ident" / "3" / "model.onnx").read_bytes() == second.read_bytes()
 
 
 def test_model_dir_with_versions_but_no_config_needs_replace_config(model: Path, repo: Path) -> None:
