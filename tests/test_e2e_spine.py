@@ -1,7 +1,12 @@
 """The spine's acceptance test, on real parts: PyTorch models exported with the dynamo exporter, verified, written
 to a Triton model repository, served by the real tritonserver binary (from nvidia-pytriton) and queried
 concurrently over HTTP and gRPC. Results must equal PyTorch within tolerance, and Triton's own statistics must show
-that its dynamic batcher combined requests (fewer executions than inferences)."""
+that its dynamic batcher combined requests (fewer executions than inferences).
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. So Triton's answers are ONNX Runtime's, compared here with PyTorch; what
+this proves about Triton is the repository, config, protocols and dynamic batching, not its onnxruntime backend."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,15 @@ from onnx import TensorProto, helper
 
 from accelserve.errors import InvalidInputError, VerificationError
 from accelserve.specs import InputSpec, axis_sample_sizes, input_specs_from_onnx, random_feeds, sample_feed
-from accelserve.verify import DEFAULT_TOLERANCES, Tolerance, compare_arrays, tolerance_for, verify
+from accelserve.verify import (
+    DEFAULT_TOLERANCES,
+    OutputComparison,
+    Tolerance,
+    VerificationReport,
+    compare_arrays,
+    tolerance_for,
+    verify,
+)
 
 FP32 = DEFAULT_TOLERANCES["fp32"]
 
@@ -67,6 +76,151 @@ def test_int8_tolerance_checks_cosine_only() -> None:
     noisy = ref + np.random.default_rng(0).normal(0, 0.02, ref.shape)
     assert compare_arrays("y", noisy, ref, tol).passed  # abs error ~0.05, cosine > 0.99
     assert not compare_arrays("y", -ref, ref, tol).passed
+
+
+def _independent(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> dict:
+    """The comparison computed another way: numpy.isclose for the element test (the same rule,
+    |a - e| <= atol + rtol * |e|) and scipy's cosine distance, on finite arrays."""
+    from scipy.spatial.distance import cosine as cosine_distance
+
+    a, e = actual.astype(np.float64).ravel(), expected.astype(np.float64).ravel()
+    close = np.isclose(a, e, rtol=tol.rtol, atol=tol.atol) if tol.atol is not None else np.ones(a.shape, bool)
+    cos = 1.0 - cosine_distance(a, e)
+    return {"max_abs_error": float(np.max(np.abs(a - e))),
+            "max_rel_error": float(np.max(np.abs(a - e) / np.maximum(np.abs(e), 1e-12))),
+            "cosine": cos, "mismatch_fraction": float(np.mean(~close)),
+            "passed": bool(close.all() and cos >= tol.min_cosine)}
+
+
+@pytest.mark.parametrize("tol_name", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("noise", [0.0, 1e-6, 1e-4, 3e-3, 3e-2, 0.3])
+@pytest.mark.parametrize("shape, dtype", [((64,), np.float32), ((3, 5, 7), np.float32), ((4, 10), np.float16),
+                                          ((2, 50), np.float64)])
+def test_compare_arrays_agrees_with_numpy_isclose_and_scipy_cosine(tol_name: str, noise: float, shape: tuple,
+                                                                  dtype: type) -> None:
+    tol = DEFAULT_TOLERANCES[tol_name]
+    rng = np.random.default_rng(zlib.crc32(repr((tol_name, noise, shape)).encode()))
+    expected = rng.standard_normal(shape).astype(dtype)
+    actual = (expected.astype(np.float64) * (1 + noise * rng.standard_normal(shape))).astype(dtype)
+    if noise:
+        actual.flat[3] = expected.flat[3] + 10 * noise  # at least one element clearly off
+    c = compare_arrays("out", actual, expected, tol, sample=5)
+    ref = _independent(actual, expected, tol)
+    assert (c.name, c.shape, c.sample) == ("out", shape, 5)
+    assert c.max_abs_error == pytest.approx(ref["max_abs_error"], rel=1e-12, abs=0)
+    assert c.max_rel_error == pytest.approx(ref["max_rel_error"], rel=1e-12, abs=0)
+    assert c.cosine == pytest.approx(ref["cosine"], rel=1e-12, abs=1e-15)
+    assert c.mismatch_fraction == ref["mismatch_fraction"]
+    assert c.passed is ref["passed"]
+
+
+def test_compare_arrays_at_the_tolerance_boundary() -> None:
+    tol = Tolerance(atol=0.25, rtol=0.5, min_cosine=0.0)
+    expected = np.array([2.0, -2.0, 0.0, 4.0])
+    at_limit = expected + np.array([1.25, -1.25, 0.25, 2.25])  # exactly atol + rtol * |e| off: still inside
+    c = compare_arrays("y", at_limit, expected, tol)
+    assert c.passed and c.mismatch_fraction == 0.0
+    assert c.max_abs_error == 2.25 and c.max_rel_error == pytest.approx(0.25 / 1e-12)  # 0.25 off a 0 reference
+    beyond = at_limit + np.array([0.0, 0.0, 0.0, 1e-9])
+    c = compare_arrays("y", beyond, expected, tol)
+    assert not c.passed and c.mismatch_fraction == 0.25
+    assert compare_arrays("y", beyond, expected, Tolerance(atol=None, rtol=0.0, min_cosine=0.0)).passed
+
+
+def test_compare_arrays_cosine_threshold_is_inclusive_and_sign_sensitive() -> None:
+    e = np.array([1.0, 0.0])
+    a = np.array([1.0, 1.0])  # cosine exactly 1/sqrt(2)
+    cos = 1 / np.sqrt(2)
+    loose = Tolerance(atol=None, rtol=0.0, min_cosine=float(np.dot(a, e) / (np.linalg.norm(a) * np.linalg.norm(e))))
+    c = compare_arrays("y", a, e, loose)
+    assert c.cosine == pytest.approx(cos) and c.passed
+    assert not compare_arrays("y", a, e, Tolerance(atol=None, rtol=0.0, min_cosine=cos + 1e-9)).passed
+    flipped = compare_arrays("y", -e, e, Tolerance(atol=None, rtol=0.0, min_cosine=-1.0))
+    assert flipped.cosine == pytest.approx(-1.0) and flipped.passed
+
+
+def test_compare_arrays_with_zero_vectors() -> None:
+    zeros = np.zeros(4)
+    both = compare_arrays("y", zeros, zeros.copy(), FP32)
+    assert both.passed and both.cosine == 1.0 and both.max_abs_error == 0.0 and both.mismatch_fraction == 0.0
+    tiny = np.full(4, 5e-5)  # reference all zero, output within atol: the cosine is undefined, so it counts as 1
+    c = compare_arrays("y", tiny, zeros, FP32)
+    assert c.passed and c.cosine == 1.0
+    c = compare_arrays("y", zeros, np.full(4, 1.0), FP32)  # output all zero, reference not: 0, fails
+    assert not c.passed and c.cosine == 0.0 and c.mismatch_fraction == 1.0
+    assert compare_arrays("y", np.full(4, 5e-5), zeros, Tolerance(atol=None, rtol=0.0, min_cosine=0.5)).cosine == 0.0
+
+
+def test_compare_arrays_non_finite_values() -> None:
+    inf, nan = np.inf, np.nan
+    same = compare_arrays("y", np.array([1.0, inf, -inf, nan]), np.array([1.0, inf, -inf, nan]), FP32)
+    assert same.passed and same.max_abs_error == 0.0 and same.cosine == pytest.approx(1.0)
+    for actual in ([1.0, -inf, -inf, nan], [1.0, inf, -inf, 0.0], [1.0, 5.0, -inf, nan]):
+        c = compare_arrays("y", np.array(actual), np.array([1.0, inf, -inf, nan]), FP32)
+        assert not c.passed, actual
+        assert c.max_abs_error == 0.0  # errors are measured on the elements finite on both sides
+    c = compare_arrays("y", np.array([2.0, nan]), np.array([1.0, nan]), FP32)
+    assert c.max_abs_error == 1.0 and c.max_rel_error == 1.0 and c.mismatch_fraction == 1.0 and not c.passed
+
+
+def test_compare_arrays_integers_booleans_strings_and_empty() -> None:
+    ints = compare_arrays("ids", np.array([[1, 2, 3]]), np.array([[1, 2, 4]]), FP32)
+    assert ints.shape == (1, 3) and ints.max_abs_error == 1.0 and ints.mismatch_fraction == pytest.approx(1 / 3)
+    assert not ints.passed
+    assert compare_arrays("mask", np.array([True, False]), np.array([True, False]), FP32).passed
+    assert not compare_arrays("mask", np.array([True, True]), np.array([True, False]), FP32).passed
+    words = compare_arrays("w", np.array(["a", "b"]), np.array(["a", "b"]), FP32)
+    assert (words.passed, words.max_abs_error, words.max_rel_error, words.cosine, words.mismatch_fraction) == (
+        True, 0.0, 0.0, 1.0, 0.0)
+    other = compare_arrays("w", np.array(["a", "c"]), np.array(["a", "b"]), FP32, sample=2)
+    assert (other.passed, other.max_abs_error, other.cosine, other.mismatch_fraction, other.sample) == (
+        False, 1.0, 0.0, 1.0, 2)
+    empty = compare_arrays("e", np.zeros((0, 3)), np.zeros((0, 3)), FP32, sample=1)
+    assert (empty.passed, empty.shape, empty.cosine, empty.max_abs_error, empty.mismatch_fraction, empty.sample) == (
+        True, (0, 3), 1.0, 0.0, 0.0, 1)
+    shape = compare_arrays("s", np.zeros((2, 3)), np.zeros((3, 2)), FP32, sample=4)
+    assert (shape.passed, shape.shape, shape.max_abs_error, shape.max_rel_error, shape.cosine,
+            shape.mismatch_fraction, shape.sample) == (False, (2, 3), np.inf, np.inf, 0.0, 1.0, 4)
+
+
+def _report(*rows: tuple) -> VerificationReport:
+    return VerificationReport(model="m.onnx", precision="fp16", tolerance=DEFAULT_TOLERANCES["fp16"],
+                              comparisons=[OutputComparison(*row) for row in rows])
+
+
+def test_report_shows_the_worst_sample_per_output() -> None:
+    rows = [("logits", (2, 10), 1e-3, 2e-3, 0.99999, 0.0, True, 0),
+            ("logits", (2, 10), 5e-2, 0.25, 0.998, 0.05, False, 1),  # the only failure: worst
+            ("logits", (2, 10), 1e-2, 0.01, 0.9999, 0.0, True, 2),
+            ("score", (), 2e-3, 1e-3, 1.0, 0.0, True, 0),
+            ("score", (), 3e-3, 1e-3, 1.0, 0.0, True, 1)]  # same cosine, larger error: worst
+    report = _report(*rows)
+    assert not report.passed
+    assert report.table().splitlines() == [
+        "verification of m.onnx (fp16: atol=0.01 rtol=0.02 min_cosine=0.999; 3 input set(s))",
+        "output  shape   max_abs_err  max_rel_err  cosine    mismatch  result",
+        "logits  2x10    5.000e-02    2.500e-01    0.998000  5.00%     FAIL (input set 1)",
+        "score   scalar  3.000e-03    1.000e-03    1.000000  0.00%     PASS",
+    ]
+    doc = report.to_dict()
+    assert (doc["model"], doc["precision"], doc["passed"]) == ("m.onnx", "fp16", False)
+    assert doc["tolerance"] == {"atol": 0.01, "rtol": 0.02, "min_cosine": 0.999}
+    assert [(o["name"], o["sample"], o["passed"]) for o in doc["outputs"]] == [("logits", 1, False), ("score", 1, True)]
+    with pytest.raises(VerificationError, match="outputs are out of tolerance:\nverification of m.onnx") as err:
+        report.raise_if_failed()
+    assert "--atol/--rtol/--min-cosine" in (err.value.hint or "")
+    passing = _report(rows[0], rows[2], rows[3])  # all pass: the worst is the lowest cosine
+    assert passing.passed and passing.raise_if_failed() is passing
+    assert [(c.name, c.sample) for c in passing.worst()] == [("logits", 2), ("score", 0)]
+    assert "PASS" in passing.table() and "FAIL" not in passing.table()
+
+
+def test_an_empty_report_does_not_pass() -> None:
+    report = VerificationReport(model="q.onnx", precision="int8", tolerance=DEFAULT_TOLERANCES["int8"])
+    assert not report.passed and report.to_dict()["passed"] is False
+    assert report.table().splitlines()[0] == "verification of q.onnx (int8: atol=- rtol=0.0 min_cosine=0.99; 0 input set(s))"
+    with pytest.raises(VerificationError):
+        report.raise_if_failed()
 
 
 def test_tolerance_for_overrides_and_unknown_precision() -> None:

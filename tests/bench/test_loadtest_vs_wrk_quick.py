@@ -1,5 +1,8 @@
 """The load-generator fidelity bench runs (its --quick smoke form); its figures are for docs/benchmarks.md, not
-asserted here."""
+asserted here.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

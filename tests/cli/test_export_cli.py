@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 from accelserve.artifact import ModelArtifact
@@ -151,9 +152,22 @@ def test_verify_against_another_onnx_model(cnn_export: tuple[Path, str, Path], t
     rc, stdout, err = _run(["verify", cnn_export[0], "--reference-onnx", cnn_export[0], "--random", "2"])
     assert rc == 0, err
     assert "3 input set(s)" in stdout
+    # the same graph (same input and output names and shapes) with one weight changed: a purely numerical mismatch
+    perturbed = onnx.load(str(cnn_export[0]))
+    weight = max(perturbed.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    arr = numpy_helper.to_array(weight)
+    weight.CopyFrom(numpy_helper.from_array((arr * 1.5 + 0.05).astype(arr.dtype), weight.name))
+    onnx.save(perturbed, str(tmp_path / "perturbed.onnx"))
+    report = tmp_path / "report.json"
+    rc, _, err = _run(["verify", cnn_export[0], "--reference-onnx", tmp_path / "perturbed.onnx", "--random", "1",
+                       "--json", report])
+    _user_error(rc, err, "differs from the reference", "FAIL")
+    assert json.loads(report.read_text())["passed"] is False
+    # a model with other inputs is refused for that reason, not compared
     other = make_linear_model(tmp_path / "lin.onnx")
     rc, _, err = _run(["verify", cnn_export[0], "--reference-onnx", other])
-    assert rc == 1 and "Traceback" not in err
+    _user_error(rc, err)
+    assert "input" in err and "differs from the reference" not in err
 
 
 def test_verify_input_errors(cnn_export: tuple[Path, str, Path], cnn_data: tuple[Path, Path], tmp_path: Path) -> None:

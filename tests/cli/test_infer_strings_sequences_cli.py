@@ -1,4 +1,7 @@
-"""``accelserve infer`` on BYTES and sequence models served by the stand-in on the real tritonserver."""
+"""``accelserve infer`` on BYTES and sequence models served by the stand-in on the real tritonserver.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`accelserve serve` as CI runs it: real processes, real signals, a real second tritonserver on the port."""
+"""`accelserve serve` as CI runs it: real processes, real signals, a real second tritonserver on the port.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``accelserve serve`` (a real tritonserver in a subprocess) and ``accelserve infer`` against it."""
+"""``accelserve serve`` (a real tritonserver in a subprocess) and ``accelserve infer`` against it.
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. Outputs compared with local ONNX Runtime are ONNX Runtime's on both sides."""
 
 from __future__ import annotations
 

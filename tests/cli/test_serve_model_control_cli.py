@@ -1,5 +1,8 @@
 """``accelserve serve --model-control ... --load-model ... --no-strict`` and what ``infer`` says about models that
-are not loaded."""
+are not loaded.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

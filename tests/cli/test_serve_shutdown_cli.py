@@ -1,5 +1,8 @@
 """`accelserve serve` stops within 5 s of SIGINT or SIGTERM and leaves no tritonserver, no python-backend stub and
-no shared-memory segment behind, with stand-in models (two instances, a sequence left open) loaded."""
+no shared-memory segment behind, with stand-in models (two instances, a sequence left open) loaded.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

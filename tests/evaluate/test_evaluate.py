@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from accelserve.calibration import load_calibration
 from accelserve.cli.main import main
 from accelserve.errors import InvalidInputError
+from accelserve.evaluate import speed
 from accelserve.evaluate import (
     accuracy_vs_base,
     count_parameters,
@@ -95,13 +96,28 @@ def test_latency_stats_are_ordered_and_batch_is_built_cyclically(cnn: Path) -> N
     assert stats.throughput == pytest.approx(4 / (stats.p50_ms / 1e3))
 
 
-def test_compared_models_are_timed_interleaved_in_equal_rounds(cnn: Path, tmp_path: Path) -> None:
+def test_compared_models_are_timed_interleaved_in_equal_rounds(
+    cnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = make_cnn(tmp_path / "other.onnx", seed=1)
+    order: list[str] = []  # which model each ONNX Runtime call ran (the real call still runs)
+    real_run = speed.run_session
+
+    def recording_run(session, feed, path):  # noqa: ANN001, ANN202 - same signature as the wrapped function
+        order.append(Path(path).name)
+        return real_run(session, feed, path)
+
+    monkeypatch.setattr(speed, "run_session", recording_run)
     stats = measure_latencies([cnn, other], cnn_feeds(count=1, batch=2), batch_size=2, threads=1,
                               warmup=1, min_runs=3, max_seconds=1.0)
     assert len(stats) == 2
     assert stats[0].runs == stats[1].runs and stats[0].runs % 3 == 0 and stats[0].runs >= 6
     assert all(0 < s.p50_ms <= s.p99_ms for s in stats)
+    # one warm-up each, then rounds of 3 runs of the first model followed by 3 of the second, never all of one
+    # model and then all of the other (which would let machine drift favour one of them)
+    a, b = cnn.name, other.name
+    rounds = stats[0].runs // 3
+    assert order == [a, b] + [a, a, a, b, b, b] * rounds
 
 
 def test_fixed_batch_model_cannot_be_timed_at_another_batch(tmp_path: Path) -> None:
@@ -126,10 +142,18 @@ def _matmul_model(path: Path, rows: int, cols: int) -> Path:
 
 
 def test_peak_memory_is_measured_in_a_fresh_process(cnn: Path) -> None:
+    import resource
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in THIS process; a fresh process does not have it
+    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert own_peak > ballast.nbytes
     mem = peak_memory(cnn, cnn_feeds(count=1), threads=1)
     assert mem.peak_rss_bytes >= mem.baseline_rss_bytes > 10_000_000  # python + onnxruntime are > 10 MB
+    assert mem.peak_rss_bytes < ballast.nbytes  # measured elsewhere: this process's 400 MB do not count
+    assert mem.peak_rss_bytes < own_peak
     # the peak counter is reset after the imports: even a tiny session shows up (it used to read 0)
     assert mem.method == "vmhwm-reset" and mem.session_bytes > 0
+    del ballast
 
 
 def test_peak_memory_of_a_model_grows_with_its_weights(tmp_path: Path) -> None:

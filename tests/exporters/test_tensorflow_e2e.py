@@ -1,5 +1,9 @@
 """TensorFlow models end to end: export + verify, add to one repository, serve on the real tritonserver, and compare
-Triton's outputs with TensorFlow's (computed here directly, not through the exporter)."""
+Triton's outputs with TensorFlow's (computed here directly, not through the exporter).
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. So Triton's answers are ONNX Runtime's, compared here with TensorFlow."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """A repository target (accelserve starts and stops Triton for the run), and a server that dies mid-run.
-This module's server is killed by a test, so it does not share the other module's server."""
+This module's server is killed by a test, so it does not share the other module's server.
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

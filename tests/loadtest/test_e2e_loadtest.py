@@ -1,5 +1,10 @@
 """`accelserve loadtest` against the real tritonserver: sweeps over HTTP and gRPC, reports, gates, distributed
-mode, request options, pre-run errors, and the plain-Locust locustfile. One server for the module."""
+mode, request options, pre-run errors, and the plain-Locust locustfile. One server for the module.
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. Latencies measured here are the stand-in's (python backend + ONNX Runtime),
+not those of the native backend a production Triton would use."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.loadtest.e2e_helpers import (
@@ -75,7 +81,15 @@ def test_grpc_sweep_with_a_gate_that_must_fail_exits_2(server, tmp_path: Path, c
     for step in data["steps"]:
         assert_sane_step(step)
         assert step["server"]["requests"] > 0
-        assert step["stable"] in (True, False) and step["windows"] == 2 and step["duration_s"] == 2
+        assert step["windows"] == 2 and step["duration_s"] == 2 and len(step["window_series"]) == 2
+        # stability mode gives a verdict (never None), and it is perf_analyzer's rule applied to the two windows kept:
+        # throughput and p95 each within +/- 50 % of their mean (recomputed here from the reported series)
+        assert isinstance(step["stable"], bool)
+        agree = all(
+            all(abs(v - np.mean(vs)) <= 0.5 * np.mean(vs) for v in vs)
+            for vs in ([w["requests_per_s"] for w in step["window_series"]], [w["p95_ms"] for w in step["window_series"]])
+        )
+        assert step["stable"] is agree, step["window_series"]
     verdicts = {g["name"]: g["passed"] for g in data["gates"]}
     assert verdicts == {"slo throughput>=1e+09": False, "slo p50_ms<=100000": True, "max-error-rate 0": True}
     # the result is a usable baseline: the same run against itself passes the regression gates

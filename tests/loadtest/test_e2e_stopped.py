@@ -1,5 +1,8 @@
 """A load test that is stopped (real SIGINT / SIGTERM to a real `accelserve loadtest` process) or refused still
-writes its report, marked incomplete with the reason, and leaves no load process or temporary directory."""
+writes its report, marked incomplete with the reason, and leaves no load process or temporary directory.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

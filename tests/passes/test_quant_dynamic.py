@@ -12,7 +12,8 @@ from onnx import numpy_helper
 from accelserve.artifact import ModelArtifact
 from accelserve.evaluate import accuracy_vs_base
 from accelserve.passes.base import PassContext
-from accelserve.passes.quantize_cpu import cpu_features, machine_info, u8s8_saturates
+from accelserve.passes import quantize_dynamic
+from accelserve.passes.quantize_cpu import CpuFeatures, cpu_features, machine_info, u8s8_saturates
 from accelserve.passes.quantize_dynamic import Int8DynamicConfig, Int8DynamicPass, choose_weights
 from tests.evaluate.models import make_mlp_block, op_counts
 
@@ -61,14 +62,46 @@ def test_excluded_matmul_stays_float(tmp_path: Path) -> None:
     assert ctx.report["left_in_float"] == [{"node": "down_proj", "op_type": "MatMul", "reason": "excluded by name"}]
 
 
-def test_auto_weight_choice_follows_the_kernel_probe() -> None:
-    weight_type, reduce_range, why = choose_weights(Int8DynamicConfig())
-    if cpu_features().x86 and u8s8_saturates():
-        assert reduce_range is True and "saturate" in why
-        weight_type, reduce_range, why = choose_weights(Int8DynamicConfig(saturation_fix="uint8_weights"))
-        assert weight_type == "uint8" and reduce_range is False
+def _probe(monkeypatch: pytest.MonkeyPatch, machine: str, saturates: bool) -> None:
+    """Inject the CPU probe's answer, so every branch runs on any CPU (this one may well have VNNI)."""
+    fake = CpuFeatures(model="injected", machine=machine, cores=2, flags=("avx2",) if machine == "x86_64" else ())
+    monkeypatch.setattr(quantize_dynamic, "cpu_features", lambda: fake)
+    monkeypatch.setattr(quantize_dynamic, "u8s8_saturates", lambda: saturates)
+
+
+@pytest.mark.parametrize("machine, saturates, config, expected, why", [
+    ("aarch64", False, {}, ("int8", False), "aarch64: no u8 x s8 saturation issue"),
+    ("x86_64", False, {}, ("int8", False), "do not saturate on this CPU"),
+    ("x86_64", True, {}, ("int8", True), "7-bit INT8 weights (reduce_range)"),
+    ("x86_64", True, {"saturation_fix": "uint8_weights"}, ("uint8", False), "UINT8 weights"),
+    ("x86_64", True, {"reduce_range": False}, ("int8", False), "reduce_range was set explicitly"),
+    ("x86_64", True, {"weight_type": "int8", "reduce_range": False}, ("int8", False), "as given"),
+    ("x86_64", True, {"weight_type": "uint8"}, ("uint8", True), "7-bit"),
+], ids=["arm", "vnni", "no-vnni", "no-vnni-uint8-fix", "no-vnni-explicit-rr", "all-explicit", "no-vnni-uint8-given"])
+def test_auto_weight_choice_follows_the_kernel_probe(
+    monkeypatch: pytest.MonkeyPatch, machine: str, saturates: bool, config: dict, expected: tuple, why: str
+) -> None:
+    _probe(monkeypatch, machine, saturates)
+    weight_type, reduce_range, reason = choose_weights(Int8DynamicConfig(**config))
+    assert (weight_type, reduce_range) == expected
+    assert why in reason
+
+
+@pytest.mark.parametrize("saturates", [True, False], ids=["no-vnni", "vnni"])
+def test_pass_writes_7_bit_weights_exactly_when_the_probe_says_the_kernels_saturate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, saturates: bool
+) -> None:
+    _probe(monkeypatch, "x86_64", saturates)
+    model, out, ctx = _run(tmp_path)
+    weights = _weight_arrays(out.path)
+    assert len(weights) == 2 and all(w.dtype == np.int8 for w in weights)
+    widest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    if saturates:  # reduce_range: 7-bit weights, so u8 x s8 pair sums cannot overflow 16 bits
+        assert widest <= 64 and ctx.report["reduce_range"] is True and "saturate" in ctx.report["why"]
+        assert any("7-bit, reduce_range" in line for line in ctx.log)
     else:
-        assert (weight_type, reduce_range) == ("int8", False) and ("not" in why or "no " in why)
+        assert widest == 127 and ctx.report["reduce_range"] is False
+    assert accuracy_vs_base(model, out.path, _feeds()).cosine > 0.99
 
 
 def test_cpu_probe_agrees_with_vnni_flags_on_x86() -> None:

@@ -1,6 +1,12 @@
 """End to end: a CNN trained here on scikit-learn's digits, quantized to INT8 with each calibration method, added
 to a Triton model repository, served by the real tritonserver; Triton's answers must match local ONNX Runtime, and
-the held-out accuracy must stay close to the float model's."""
+the held-out accuracy must stay close to the float model's.
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. So "Triton matches local ONNX Runtime" compares ONNX Runtime with itself: it
+checks the repository entry, config and serving path (batching, tensor names and types, the Q/DQ graph loading in
+the served process), not the native backend's INT8 kernels."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from accelserve.calibration import load_calibration
 from accelserve.errors import InvalidInputError, OptimizationError
 from accelserve.evaluate import accuracy_vs_base
 from accelserve.passes.base import PassContext
-from accelserve.passes.quantize_calibrate import _MEMORY_CACHE, entropy_threshold
+from accelserve.passes.quantize_calibrate import _MEMORY_CACHE, entropy_threshold, percentile_range
 from accelserve.passes.quantize_static import Int8StaticPass
 from tests.evaluate.models import cnn_feeds, make_cnn, op_counts
 
@@ -169,6 +169,41 @@ def test_entropy_threshold_matches_onnxruntime() -> None:
             collector.collect({"t": data.astype(np.float32)})
         hist = collector.histogram_dict["t"]
         assert entropy_threshold(hist, 128) == tuple(np.float32(v) for v in collector.get_entropy_threshold(hist, 128))
+
+
+def _distributions() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"normal": rng.standard_normal(20000), "uniform": rng.uniform(-2, 5, 8000),
+            "bimodal": np.concatenate([rng.normal(-3, 0.3, 4000), rng.normal(2, 0.5, 6000)]),
+            "outliers": np.concatenate([rng.standard_normal(10000), [40.0, -25.0]]),
+            "relu": np.maximum(rng.laplace(size=5000), 0) * 3}
+
+
+def _ort_histogram(method: str, symmetric: bool, data: np.ndarray, bins: int, quantized_bins: int, percentile: float):  # noqa: ANN202
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    collector = HistogramCollector(method, symmetric, bins, quantized_bins, percentile, "same")
+    with contextlib.redirect_stdout(io.StringIO()):
+        collector.collect({"t": data.astype(np.float32)})
+    return collector
+
+
+@pytest.mark.parametrize("bins, quantized_bins", [(256, 128), (1024, 64), (300, 128)])
+@pytest.mark.parametrize("name", list(_distributions()))
+def test_entropy_threshold_matches_onnxruntime_on_other_shapes(name: str, bins: int, quantized_bins: int) -> None:
+    collector = _ort_histogram("entropy", False, _distributions()[name], bins, quantized_bins, 99.999)
+    hist = collector.histogram_dict["t"]
+    expected = tuple(np.float32(v) for v in collector.get_entropy_threshold(hist, quantized_bins))
+    assert entropy_threshold(hist, quantized_bins) == expected
+
+
+@pytest.mark.parametrize("percentile", [99.0, 99.999, 100.0])
+@pytest.mark.parametrize("name", list(_distributions()))
+def test_percentile_range_matches_onnxruntime(name: str, percentile: float) -> None:
+    collector = _ort_histogram("percentile", True, _distributions()[name], 2048, 128, percentile)
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = tuple(np.float32(v) for v in collector.compute_collection_result()["t"][:2])
+    assert percentile_range(collector.histogram_dict["t"], percentile) == expected
 
 
 def test_reduce_range_keeps_weights_in_seven_bits(cnn: Path, tmp_path: Path) -> None:

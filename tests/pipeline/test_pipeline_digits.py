@@ -1,5 +1,8 @@
 """``accelserve run`` on the trained digits CNN: auto search end to end with a real Triton load test, a must-fail
-accuracy budget, cache reuse, and a clean stop on SIGTERM."""
+accuracy budget, cache reuse, and a clean stop on SIGTERM.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

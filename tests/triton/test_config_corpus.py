@@ -1,5 +1,8 @@
 """The config corpus (tests/fixtures/triton_config_corpus/README.md): every case Triton accepts validates clean,
-every case Triton rejects is reported with Triton's reason."""
+every case Triton rejects is reported with Triton's reason.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Model control: options, log parsing, the shadow following the repository, and (e2e) the real tritonserver in
-none/--no-strict, explicit (load/unload API) and poll modes."""
+none/--no-strict, explicit (load/unload API) and poll modes.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -108,6 +109,72 @@ def test_existing_version_policy_is_kept_and_a_specific_policy_is_flagged(model:
     assert any("will not load version 2" in n for n in result.notes)
 
 
+def _variant(model: Path, tag: str) -> Path:
+    """The same graph with other bytes (adding identical bytes again is a no-op)."""
+    proto = onnx.load(str(model))
+    proto.doc_string = tag
+    out = model.with_name(f"{model.stem}_{tag}.onnx")
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_a_latest_policy_raises_no_note_and_a_listed_version_none_either(model: Path, repo: Path) -> None:
+    add_model(model, repo, "ident")
+    config_path = repo / "ident" / "config.pbtxt"
+    config_path.write_text(config_path.read_text() + "version_policy { latest { num_versions: 2 } }\n")
+    result = add_model(_variant(model, "v2"), repo, "ident")
+    assert result.version == 2 and result.notes == ()
+    config_path.write_text(config_path.read_text().replace("latest { num_versions: 2 }", "specific { versions: [3] }"))
+    result = add_model(_variant(model, "v3"), repo, "ident")
+    assert result.version == 3 and result.notes == ()  # version 3 is listed
+
+
+@pytest.mark.parametrize("header, compatible", [
+    ('backend: "onnxruntime"', True),  # Triton's other spelling of an ONNX model
+    ('platform: "onnxruntime_onnx"\nbackend: "onnxruntime"', True),
+    ('backend: "python"', False),
+    ('platform: "tensorrt_plan"', False),
+    ('platform: "tensorrt_plan"\nbackend: "onnxruntime"', False),
+])
+def test_existing_config_of_another_backend_is_incompatible(model: Path, repo: Path, header: str,
+                                                            compatible: bool) -> None:
+    add_model(model, repo, "ident")
+    config_path = repo / "ident" / "config.pbtxt"
+    lines = [ln for ln in config_path.read_text().splitlines() if not ln.startswith(("platform:", "backend:"))]
+    config_path.write_text(header + "\n" + "\n".join(lines) + "\n")
+    if compatible:
+        assert add_model(_variant(model, "v2"), repo, "ident").version == 2
+        return
+    with pytest.raises(RepositoryError) as err:
+        add_model(model, repo, "ident")
+    old = header.split('"')[1]
+    assert f"does not match the existing config of 'ident' ({config_path}): platform/backend '{old}' -> " \
+           f"'onnxruntime_onnx'" in str(err.value)
+    assert err.value.hint == ("add it under a new --name, or pass --replace-config to write a fresh config (older "
+                              "versions stay on disk; with Triton's default version policy only the newest is served)")
+    result = add_model(_variant(model, "v2"), repo, "ident", replace_config=True)
+    assert result.notes == (f"replaced an incompatible config: platform/backend '{old}' -> 'onnxruntime_onnx'",)
+
+
+def test_a_version_taken_by_a_concurrent_add_moves_on_to_a_free_number(
+    monkeypatch: pytest.MonkeyPatch, model: Path, repo: Path
+) -> None:
+    add_model(model, repo, "ident")
+    real_rename = os.rename
+    taken = repo / "ident" / "2"
+
+    def rename(src: object, dst: object) -> None:  # version 2 is always "taken" by someone else
+        if Path(dst) == taken:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    second = _variant(model, "v2")
+    result = add_model(second, repo, "ident")
+    assert result.version == 3 and list(version_dirs(repo / "ident")) == [1, 3]
+    assert (repo / "ident" / "3" / "model.onnx").read_bytes() == second.read_bytes()
+
+
 def test_model_dir_with_versions_but_no_config_needs_replace_config(model: Path, repo: Path) -> None:
     (repo / "legacy" / "1").mkdir(parents=True)
     with pytest.raises(RepositoryError, match="no config.pbtxt"):
@@ -156,6 +223,51 @@ def test_failed_config_replace_rolls_back_the_new_version(
         add_model(model, repo, "ident", TritonModelOptions(instances=4), force_new_version=True)  # config changes
     assert snapshot(repo) == before
     assert no_staging_left(repo.parent)
+
+
+def _fail_rename_into(target: Path, err: int, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Make the final move of a new model directory onto ``target`` fail with ``err`` (fault injection)."""
+    real_rename = os.rename
+    tried: list[Path] = []
+
+    def rename(src: object, dst: object) -> None:
+        if Path(dst).absolute() == target.absolute():
+            tried.append(Path(dst))
+            raise OSError(err, os.strerror(err))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return tried
+
+
+@pytest.mark.parametrize("missing", [0, 1, 3], ids=["repo-exists", "repo-missing", "three-dirs-missing"])
+def test_a_failed_final_move_of_a_new_model_leaves_everything_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: Path, missing: int
+) -> None:
+    root = tmp_path / "disk"
+    root.mkdir()
+    (root / "other.txt").write_text("unrelated")
+    repo = root.joinpath(*[f"d{i}" for i in range(missing - 1)], "model_repository") if missing else root
+    if not missing:
+        add_model(model, repo, "kept")  # an existing model must be untouched too
+    before = snapshot(tmp_path)
+    tried = _fail_rename_into(repo / "ident", errno.EIO, monkeypatch)
+    with pytest.raises(RepositoryError, match="failed: Input/output error; the repository was left unchanged") as err:
+        add_model(model, repo, "ident")
+    assert err.value.hint is None  # the disk-space hint is only for ENOSPC
+    assert tried  # the fault was injected at the final move
+    assert snapshot(tmp_path) == before  # byte for byte: no model dir, no repo dirs created on the way, no staging
+    assert repo.exists() is (not missing)
+
+
+def test_a_model_that_appeared_during_the_add_is_reported_and_nothing_is_left(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: Path, repo: Path
+) -> None:
+    before = snapshot(tmp_path)
+    _fail_rename_into(repo / "ident", errno.ENOTEMPTY, monkeypatch)
+    with pytest.raises(RepositoryError, match="appeared while the model was being added"):
+        add_model(model, repo, "ident")
+    assert snapshot(tmp_path) == before and not repo.exists()
 
 
 def test_a_concurrent_add_that_took_the_version_number_is_skipped(

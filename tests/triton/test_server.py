@@ -1,4 +1,9 @@
-"""TritonServer on the real tritonserver from nvidia-pytriton (end-to-end), and the environment it runs in."""
+"""TritonServer on the real tritonserver from nvidia-pytriton (end-to-end), and the environment it runs in.
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. Comparisons with local ONNX Runtime here compare ONNX Runtime with itself; they
+check the serving path (shadow repository, batching, tensor names and types), not a second runtime."""
 
 from __future__ import annotations
 

@@ -197,3 +197,137 @@ def test_warnings_do_not_fail_repo_validate(tmp_path: Path, repo: Path, capsys: 
     assert main(["repo", "validate", str(repo)]) == 0
     captured = capsys.readouterr()
     assert "warning: " in captured.err and "1 warning(s)" in captured.out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# config_problems and loaded_versions, one rule at a time, with the exact message
+
+
+BASE = """name: "m"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
+
+
+def _config(text: str):  # noqa: ANN202 - a ModelConfig message
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+WARM_X = ' inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }'
+
+
+def _x(fields: str) -> str:
+    return BASE.replace('dims: [ 4 ] } ]\noutput', fields + " } ]\noutput", 1)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (BASE, []),
+    (BASE.replace("max_batch_size: 8", "max_batch_size: 0"), []),
+    (BASE.replace('name: "m"', 'name: "other"'), ["name 'other' does not match the model directory name 'm'"]),
+    (BASE.replace("max_batch_size: 8", "max_batch_size: -1"), ["'max_batch_size' must be non-negative value (got -1)"]),
+    (BASE.replace('platform: "onnxruntime_onnx"', 'platform: "onnx"'),
+     ["unexpected platform type 'onnx' (known: onnxruntime_onnx, tensorrt_plan, tensorflow_savedmodel, tensorflow_graphdef, "
+      "pytorch_libtorch, ensemble)"]),
+    (BASE.replace('platform: "onnxruntime_onnx"', 'platform: "onnxruntime_onnx" backend: "tensorrt"'),
+     ["unexpected 'platform' and 'backend' pair, got:onnxruntime_onnx, tensorrt (platform 'onnxruntime_onnx' runs on "
+      "backend 'onnxruntime')"]),
+    (BASE.replace('platform: "onnxruntime_onnx"', 'backend: "onnxruntime"'), []),
+    (BASE.replace('platform: "onnxruntime_onnx"', ""), []),  # Triton infers the backend from the model file
+    (_x('dims: [ 4 ] reshape { shape: [ 2, 2 ] }'), []),
+    (_x('dims: [ 4 ] reshape { shape: [ ] }').replace("dims: [ 4 ] reshape", "dims: [ 1 ] reshape"), []),
+    (_x('dims: [ 1 ] reshape { shape: [ ] }').replace("max_batch_size: 8", "max_batch_size: 0"),
+     ["model input 'x' cannot have empty reshape for non-batching model as scalar tensors are not supported"]),
+    (_x('dims: [ 4 ] reshape { shape: [ 2, 3 ] }'),
+     ["model input 'x' has different size for dims and reshape (dims [4], reshape [2, 3])"]),
+    (_x('dims: [ 4 ] reshape { shape: [ 4, 0 ] }'),
+     ["model input 'x' reshape dimensions must be integer >= 1, or -1 to indicate a variable-size dimension "
+      "(reshape [4, 0])"]),
+    (_x('dims: [ -1, 4 ] reshape { shape: [ -1, 2, 2 ] }'), []),
+    (_x('dims: [ -1, 4 ] reshape { shape: [ 4, -1 ] }'),
+     ["model input 'x' has different size for dims and reshape (dims [-1, 4], reshape [4, -1])"]),
+    (_x('dims: [ 0, 4 ]'), ["model input 'x' dimension must be integer >= 1, or -1 to indicate a variable-size "
+                                 "dimension (dims [0, 4])"]),
+    (BASE.replace('dims: [ 4 ] } ]\noutput', "} ]\noutput"), ["model input 'x' must specify 'dims'"]),
+    (BASE.replace('data_type: TYPE_FP32 dims: [ 4 ] } ]\noutput', "dims: [ 4 ] } ]\noutput"),
+     ["model input 'x' must specify 'data_type'"]),
+    (BASE.replace('{ name: "y"', '{ name: "y" label_filename: "labels.txt"'),
+     ["output 'y' names label file 'labels.txt', which is missing"]),
+    (BASE + 'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]', ["model input 'x' is listed twice"]),
+    (BASE + "dynamic_batching { preferred_batch_size: [ 1, 8 ] }", []),
+    (BASE + "dynamic_batching { preferred_batch_size: [ 0, 9 ] }",
+     ["dynamic batching preferred size must be positive (got 0)",
+      "dynamic batching preferred size must be <= max batch size (got 9, max_batch_size 8)"]),
+    (BASE + 'model_warmup [ { name: "w" batch_size: 8 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] '
+            "zero_data: true } } } ]", []),
+    (BASE + 'model_warmup [ { name: "w" batch_size: 9' + WARM_X + ' } ]',
+     ["model_warmup 'w' batch_size 9 exceeds max_batch_size 8"]),
+    (BASE.replace("max_batch_size: 8", "max_batch_size: 0") + 'model_warmup [ { name: "w" batch_size: 1' + WARM_X
+     + ' } ]', []),
+    (BASE.replace("max_batch_size: 8", "max_batch_size: 0") + 'model_warmup [ { name: "w" batch_size: 2' + WARM_X
+     + ' } ]', ["model_warmup 'w' batch_size 2: a model without batching (max_batch_size 0) runs batch 1 only"]),
+    (BASE + 'model_warmup [ { name: "w" batch_size: 1' + WARM_X + ' inputs { key: "z" value: { data_type: TYPE_FP32 '
+            'dims: [ 4 ] input_data_file: "z.bin" } } } ]',
+     ["model_warmup 'w' feeds 'z', which is not an input of the model (config inputs: x)",
+      "model_warmup 'w' data file warmup/z.bin is missing"]),
+], ids=lambda v: "" if isinstance(v, (str, list)) else None)
+def test_config_rules(tmp_path: Path, text: str, expected: list[str]) -> None:
+    from accelserve.triton.validate import config_problems
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    assert config_problems(_config(text), model_dir) == expected
+
+
+def test_a_present_warmup_file_is_accepted(tmp_path: Path) -> None:
+    from accelserve.triton.validate import config_problems
+
+    model_dir = tmp_path / "m"
+    (model_dir / "warmup").mkdir(parents=True)
+    (model_dir / "warmup" / "x.bin").write_bytes(b"\0" * 16)
+    warm = BASE + ('model_warmup [ { name: "w" batch_size: 1 inputs { key: "x" value: { data_type: TYPE_FP32 '
+                   'dims: [ 4 ] input_data_file: "x.bin" } } } ]')
+    assert config_problems(_config(warm), model_dir) == []
+
+
+
+@pytest.mark.parametrize("policy, loaded", [
+    ("", [7]),
+    ("version_policy { latest { num_versions: 2 } }", [3, 7]),
+    ("version_policy { latest { num_versions: 0 } }", []),
+    ("version_policy { all { } }", [1, 3, 7]),
+    ("version_policy { specific { versions: [ 1, 5 ] } }", [1]),
+])
+def test_loaded_versions_follow_the_version_policy(policy: str, loaded: list[int]) -> None:
+    from accelserve.triton.validate import loaded_versions
+
+    assert loaded_versions(_config(BASE + policy), [7, 1, 3]) == loaded
+
+
+def test_version_problems_name_each_file(tmp_path: Path, repo: Path) -> None:
+    from accelserve.triton.validate import validate_model_dir
+
+    src = ob.save(ob.identity(("batch", 4)), tmp_path / "m.onnx")
+    add_model(src, repo, "m")
+    model_dir = repo / "m"
+    for version in ("2", "3"):
+        shutil.copytree(model_dir / "1", model_dir / version)
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    (model_dir / "1" / "model.onnx").unlink()
+    (model_dir / "3" / "model.onnx").unlink()
+    assert validate_model_dir(model_dir) == [
+        Problem(model_dir / "1" / "model.onnx", "missing model file for version 1"),
+        Problem(model_dir / "3" / "model.onnx", "missing model file for version 3"),
+    ]
+    config.write_text(config.read_text().replace("all { }", "specific { versions: [ 9 ] }"))
+    assert validate_model_dir(model_dir) == [
+        Problem(config, "version_policy selects none of the versions on disk [1, 2, 3]")]
+    for version in ("1", "2", "3"):
+        shutil.rmtree(model_dir / version)
+    assert validate_model_dir(model_dir) == [
+        Problem(model_dir, "no version directories (numeric subdirectories such as 1/)")]

@@ -1,4 +1,7 @@
-"""`accelserve tune` against the real tritonserver (explicit model-control mode) with tiny budgets."""
+"""`accelserve tune` against the real tritonserver (explicit model-control mode) with tiny budgets.
+
+ONNX models run on the real tritonserver through accelserve's ONNX Runtime stand-in (a python-backend model),
+because the native onnxruntime backend is missing from the nvidia-pytriton tritonserver."""
 
 from __future__ import annotations
 

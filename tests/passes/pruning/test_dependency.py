@@ -303,3 +303,56 @@ def test_channel_count_used_in_arithmetic_blocks() -> None:
     doubled = g.op("Mul", [c, g.const(np.array([2], dtype=np.int64))], name="double")
     model = g.build([g.conv(a, 8, 2, name="b"), g.op("Cast", [doubled], to=onnx.TensorProto.FLOAT)])
     assert any("Mul 'double' computes with a channel count" in r for r in _reasons(model, "a"))
+
+
+def _unused_initializers(model: onnx.ModelProto) -> list[str]:
+    used = {i for n in model.graph.node for i in n.input}
+    return [t.name for t in model.graph.initializer if t.name not in used]
+
+
+def test_split_sizes_as_an_attribute_before_opset_13() -> None:
+    g = GraphBuilder(opset=11)
+    a = g.conv(g.input("x", ["N", 3, 6, 6]), 3, 8, name="a")
+    first, second = g.op("Split", [a], name="split", outputs=2, axis=1, split=[4, 4])
+    glu = g.op("Mul", [first, g.op("Sigmoid", [second])])
+    model = g.build([g.relu(g.conv(glu, 4, 3, name="b"))])
+    zero_channels(model, "a", [1, 5])
+    _, pruned = prune_exact(model, {"a": [1]})
+    split = node_by_name(pruned, "split")
+    assert list(split.input) == [split.input[0]]  # still one input: the sizes stay an attribute
+    assert [list(a.ints) for a in split.attribute if a.name == "split"] == [[3, 3]]
+    assert _unused_initializers(pruned) == []
+
+
+def test_split_sizes_replace_num_outputs_from_opset_18() -> None:
+    g = GraphBuilder(opset=18)
+    a = g.conv(g.input("x", ["N", 3, 6, 6]), 3, 8, name="a")
+    first, second = g.op("Split", [a], name="split", outputs=2, axis=1, num_outputs=2)
+    glu = g.op("Mul", [first, g.op("Sigmoid", [second])])
+    model = g.build([g.relu(g.conv(glu, 4, 3, name="b"))])
+    zero_channels(model, "a", [1, 5])
+    _, pruned = prune_exact(model, {"a": [1]})
+    split = node_by_name(pruned, "split")
+    assert [a.name for a in split.attribute] == ["axis"]  # num_outputs and explicit sizes may not both be given
+    sizes = next(t for t in pruned.graph.initializer if t.name == split.input[1])
+    assert numpy_helper.to_array(sizes).tolist() == [3, 3] and numpy_helper.to_array(sizes).dtype == np.int64
+    assert _unused_initializers(pruned) == []
+
+
+def test_a_weight_shared_with_an_unpruned_node_is_copied_not_cut() -> None:
+    g = GraphBuilder()
+    x = g.input("x", ["N", 3, 6, 6])
+    a = g.conv(x, 3, 8, name="a")
+    shared = node_by_name_in(g, "a").input[1]
+    kept = g.op("Conv", [x, shared], "kept", kernel_shape=[3, 3], pads=[1] * 4)  # same weight, output is the graph's
+    model = g.build([g.relu(g.conv(a, 8, 3, name="b")), kept])
+    zero_channels(model, "a", [2, 6])  # zeroes the shared weight too: "kept" then computes zeros there, and still must
+    _, pruned = prune_exact(model, {"a": [2, 6]})
+    assert weight(pruned, "a").shape == (6, 3, 3, 3)
+    assert weight(pruned, "kept").shape == (8, 3, 3, 3)  # untouched
+    assert node_by_name(pruned, "kept").input[1] == shared and node_by_name(pruned, "a").input[1] != shared
+    assert _unused_initializers(pruned) == []
+
+
+def node_by_name_in(g: GraphBuilder, name: str) -> onnx.NodeProto:
+    return next(n for n in g.nodes if n.name == name)

@@ -1,6 +1,11 @@
 """End to end: train the digits CNN (PyTorch), export it with accelserve, remove half of its channels with
 reconstruction through ``optimize``, serve the pruned model on the real tritonserver and compare its answers with
-local ONNX Runtime."""
+local ONNX Runtime.
+
+ONNX models run on it through accelserve's ONNX Runtime stand-in (a python-backend model,
+accelserve/triton/python_model/model.py), because the native onnxruntime backend is missing from the
+nvidia-pytriton tritonserver. So "Triton matches local ONNX Runtime" compares ONNX Runtime with itself: it
+checks the repository entry, config and serving path (batching, tensor names and types), not a second runtime."""
 
 from __future__ import annotations
 
