@@ -123,19 +123,9 @@ def upsample(x: np.ndarray, factor: int) -> np.ndarray:
 
 
 def train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int) -> Any:
-    import torch
+    from accelserve.examples.digits import fit_classifier
 
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(yt), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_classifier(model, x, y, epochs=epochs, seed=0)
 
 
 def make_project(root: Path, kind: str, epochs: int, loadtest: bool, budget: float) -> Path:

@@ -66,17 +66,10 @@ def train(model: Any, data: Any, epochs: int, lr: float = 3e-3, seed: int = 0) -
     """Adam, batch 64, on the training split (the recipe of accelserve.examples.digits)."""
     import torch
 
+    from accelserve.examples.digits import fit_classifier
+
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_classifier(model, data.x_train, data.y_train, epochs=epochs, lr=lr, seed=seed)
 
 
 def training_data(data: Any) -> Any:

@@ -66,15 +66,21 @@ def train_digits_cnn(data: DigitsData, *, width: int = 16, head: Head = "pool", 
     """Train with Adam (lr 3e-3, batch 64) on ``data.x_train``; returns the module in eval mode."""
     torch = require("torch", "training the digits CNN")
     torch.manual_seed(seed)
-    model = digits_module(width, head)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    return fit_classifier(digits_module(width, head), data.x_train, data.y_train, epochs=epochs, seed=seed)
+
+
+def fit_classifier(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float = 3e-3, seed: int = 0) -> Any:
+    """Adam (batch 64, seeded shuffling) on cross-entropy over ``(x, y)``; returns the module in eval mode. The one
+    training recipe of the bundled examples and the benchmarks."""
+    torch = require("torch", "training an example model")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(64):
+        for idx in torch.randperm(len(yt), generator=gen).split(64):
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
     return model.eval()
 
@@ -163,17 +169,7 @@ def digits_resnet(path: str | Path, *, size: int = 16, widths: tuple[int, ...] =
 
     data = upsample_digits(digits_data(seed), size)
     torch.manual_seed(seed)
-    model = digits_resnet_module(widths, blocks)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    model = fit_classifier(digits_resnet_module(widths, blocks), data.x_train, data.y_train, epochs=epochs, seed=seed)
     path = Path(path)
     export_torch(model, {INPUT_NAME: data.x_test[:4]}, path, inputs=[f"{INPUT_NAME}:4x1x{size}x{size}:float32"])
     return path, data
