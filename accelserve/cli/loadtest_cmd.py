@@ -36,12 +36,15 @@ def _levels(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
-def _fraction(text: str, what: str) -> float:
+def parse_fraction(text: str, what: str, *, at_most_one: bool = False) -> float:
+    """``10%`` or ``0.1`` -> 0.1 (the --stability / --max-error-rate form, shared with ``tune``)."""
     raw = text.strip()
     try:
         value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
         raise InvalidInputError(f"--{what} '{text}' is not a percentage like 10% or a fraction like 0.1") from None
+    if at_most_one and not 0 <= value <= 1:
+        raise InvalidInputError(f"--{what} '{text}' must be between 0 and 1 (or 0% and 100%)")
     return value
 
 
@@ -211,12 +214,10 @@ def _run(args: argparse.Namespace, context: dict[str, SweepSettings]) -> int:
         raise InvalidInputError(f"--duration must be a whole number of seconds >= 1, got {args.duration}")
     if args.window < 1 or args.stable_windows < 2 or args.warmup < 0 or args.max_step_time <= 0:
         raise InvalidInputError("--window must be >= 1, --stable-windows >= 2, --warmup >= 0, --max-step-time > 0")
-    tolerance = _fraction(args.stability, "stability")
+    tolerance = parse_fraction(args.stability, "stability")
     if not 0 < tolerance < 1:
         raise InvalidInputError(f"--stability '{args.stability}' must be between 0% and 100%")
-    max_error_rate = _fraction(args.max_error_rate, "max-error-rate")
-    if not 0 <= max_error_rate <= 1:
-        raise InvalidInputError(f"--max-error-rate '{args.max_error_rate}' must be between 0 and 1 (or 0% and 100%)")
+    max_error_rate = parse_fraction(args.max_error_rate, "max-error-rate", at_most_one=True)
     slos = [gate_mod.Slo.parse(text) for text in args.slo]
     baseline = None
     if args.baseline:

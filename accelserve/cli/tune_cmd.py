@@ -53,17 +53,6 @@ def _preferred(text: str | None) -> tuple[tuple[int, ...], ...] | None:
     return tuple(dict.fromkeys(out))
 
 
-def _fraction(text: str, what: str) -> float:
-    raw = text.strip()
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        raise InvalidInputError(f"--{what} '{text}' is not a percentage like 1% or a fraction like 0.01") from None
-    if not 0 <= value <= 1:
-        raise InvalidInputError(f"--{what} '{text}' must be between 0 and 1 (or 0% and 100%)")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune",
@@ -117,6 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from accelserve.cli.loadtest_cmd import parse_fraction
     from accelserve.loadtest.gates import Slo
     from accelserve.loadtest.runner import check_locust_installed, looks_like_path
     from accelserve.tune import report
@@ -133,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = TuneConfig(
             target=args.target, model=args.model, protocol=args.protocol, mode=args.mode, objective=args.objective,
-            slos=tuple(args.slo), max_error_rate=_fraction(args.max_error_rate, "max-error-rate"),
+            slos=tuple(args.slo),
+            max_error_rate=parse_fraction(args.max_error_rate, "max-error-rate", at_most_one=True),
             budget_minutes=args.budget_minutes, instances=_ints(args.instances, "instances", minimum=1),
             threads=_ints(args.threads, "threads"), max_batch_sizes=_ints(args.max_batch_sizes, "max-batch-sizes"),
             dynamic_batching=_bools(args.dynamic_batching),
