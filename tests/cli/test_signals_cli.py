@@ -22,10 +22,11 @@ ACCELSERVE = [sys.executable, "-m", "accelserve"]
 
 
 def signal_mid_work(cmd: list[str], workdir: Path, pattern: str, signum: int, tmp: Path,
-                    preexec: Callable[[], None] | None = None, settle_s: float = 0.2,
+                    preexec: Callable[[], None] | None = None, settle_s: float = 0.2, need_child: bool = False,
                     ) -> tuple[subprocess.CompletedProcess[str], list[int]]:
-    """Run ``cmd`` (TMPDIR=tmp), send ``signum`` as soon as ``workdir`` holds ``pattern``; returns the finished
-    process and the children it had at that moment."""
+    """Run ``cmd`` (TMPDIR=tmp), send ``signum`` as soon as ``workdir`` holds ``pattern`` (and, with
+    ``need_child``, the process has a child process, sent at once then); returns the finished process and the
+    children it had at that moment."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec,
                             env=dict(os.environ, TMPDIR=str(tmp)))
     try:
@@ -34,8 +35,15 @@ def signal_mid_work(cmd: list[str], workdir: Path, pattern: str, signum: int, tm
             assert proc.poll() is None, f"finished before its work dir appeared: {proc.communicate()}"
             assert time.monotonic() < deadline
             time.sleep(0.005)
-        time.sleep(settle_s)  # well inside the work
-        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        if need_child:  # a fixed pause could outlast a short-lived child on a fast machine
+            while not children_file.read_text().split():
+                assert proc.poll() is None, f"finished before it started a child: {proc.communicate()}"
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+        else:
+            time.sleep(settle_s)  # well inside the work
+        children = [int(c) for c in children_file.read_text().split()]
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -64,8 +72,10 @@ def test_optimize_stops_and_removes_its_work_dir(tmp_path: Path, tmp: Path, sign
     model = resnet_onnx(tmp_path / "rn.onnx")
     out = tmp_path / "out" / "rn8.onnx"
     result, _ = signal_mid_work(
-        [*ACCELSERVE, "optimize", str(model), "--recipe", "simplify,int8", "--random-calib", "--calib-count", "256",
-         "--no-evaluate", "-o", str(out)], tmp, "accelserve-optimize-*", signum, tmp, preexec)
+        # entropy calibration over 512 feeds: seconds of work even on a fast, quiet machine (minmax over 256 feeds
+        # finished in about 1 s, before the signal arrived)
+        [*ACCELSERVE, "optimize", str(model), "--recipe", "simplify,int8", "--random-calib", "--calib-count", "512",
+         "--method", "entropy", "--no-evaluate", "-o", str(out)], tmp, "accelserve-optimize-*", signum, tmp, preexec)
     assert result.returncode == code, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp.glob("accelserve-*"))  # the work dir is gone
@@ -76,7 +86,7 @@ def test_evaluate_stops_its_memory_probe_and_removes_its_temp_dir(tmp_path: Path
     model = resnet_onnx(tmp_path / "rn.onnx")
     result, children = signal_mid_work(
         [*ACCELSERVE, "evaluate", str(model), str(model), "--random-data", "--count", "2", "--no-speed",
-         "--json", str(tmp_path / "e.json")], tmp, "accelserve-mem-*", signal.SIGTERM, tmp)
+         "--json", str(tmp_path / "e.json")], tmp, "accelserve-mem-*", signal.SIGTERM, tmp, need_child=True)
     assert result.returncode == 143, result.stderr
     assert "terminated (SIGTERM): stopped and cleaned up" in result.stderr and "Traceback" not in result.stderr
     assert children and not any(pid_alive(c) for c in children)  # the probe process was stopped
