@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelserve import plugins
+from accelserve import plugins, stop
 from accelserve.artifact import ModelArtifact
 from accelserve.calibration import CalibrationData, CalibrationSpec, load_calibration
 from accelserve.errors import AccuracyBudgetError, InvalidInputError, PluginError
@@ -254,6 +254,7 @@ def optimize(
     try:
         artifact = source
         for i, (name, p) in enumerate(zip(names, passes)):
+            stop.check()
             ctx = PassContext(work_dir=work / f"{i:02d}_{name}", calibration=calib, held_out=held_out)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
@@ -261,6 +262,7 @@ def optimize(
             runs.append(PassRun(name, p.config.model_dump(mode="json"), artifact, dict(ctx.report), list(ctx.log),
                                 time.perf_counter() - started, artifact.size_bytes()))
         budget_check = _check_budget(source.path, artifact.path, runs, calib, held_out)
+        stop.check()  # a stop request whose exception a library swallowed: no output
         final = _write_atomically(artifact, output)
     finally:
         if not keep_work_dir:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
 
-from accelserve import __version__
+from accelserve import __version__, stop
 from accelserve.errors import AccelserveError, Terminated
 
 #: command modules under accelserve.cli, in --help order
@@ -82,11 +83,18 @@ class _StopSignals:
         if self._terminating:
             return
         self._terminating = True
+        stop.record(signum)
         raise Terminated()
 
+    @staticmethod
+    def _on_sigint(signum: int, frame: object) -> None:
+        stop.record(signum)
+        raise KeyboardInterrupt()
+
     def __enter__(self) -> _StopSignals:
+        stop.reset()
         try:
-            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
             self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread
             pass
@@ -102,24 +110,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _StopSignals():
-            return int(args.func(args) or 0)
-    except AccelserveError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
-    except Terminated:
-        sys.stderr.write("terminated (SIGTERM): stopped and cleaned up\n")
-        return EXIT_SIGTERM
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted (SIGINT): stopped and cleaned up\n")
-        return EXIT_SIGINT
-    except Exception:  # a bug: show everything
+            code = int(args.func(args) or 0)
+            stop.check()  # a stop whose exception a library swallowed still ends as a stop
+            return code
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
+    except Exception as exc:
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None:  # a library wrapped the signal's exception (e.g. "Error calling __set_name__")
+            return _stopped(interrupt)
+        if isinstance(exc, AccelserveError):
+            sys.stderr.write(f"error: {exc}\n")
+            return exc.exit_code
         sys.stderr.write("internal error (a bug in accelserve; please report it with this traceback):\n")
-        traceback.print_exc()
+        traceback.print_exc()  # a bug: show everything
         return EXIT_INTERNAL_ERROR
 
 
+def _stopped(exc: KeyboardInterrupt) -> int:
+    if isinstance(exc, Terminated):
+        sys.stderr.write("terminated (SIGTERM): stopped and cleaned up\n")
+        return EXIT_SIGTERM
+    sys.stderr.write("interrupted (SIGINT): stopped and cleaned up\n")
+    return EXIT_SIGINT
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (SIGINT) or Terminated (SIGTERM) that ``exc`` was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    if code in (EXIT_SIGINT, EXIT_SIGTERM):
+        # Cleanup has run. CPython ends a process by SIGINT (exit status -2, not ours) whenever a KeyboardInterrupt
+        # passed through code it ran with PyRun_* (a C extension's import, e.g. onnxruntime's), even when that
+        # interrupt was caught afterwards; leave with the documented status instead.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

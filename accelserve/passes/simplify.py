@@ -43,6 +43,10 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 
 def run_onnxslim(model: onnx.ModelProto, skip_fusions: list[str]) -> onnx.ModelProto:
+    # onnxslim imports onnxruntime inside a bare `except:` (utils.is_onnxruntime_available), which swallowed a
+    # Ctrl-C/SIGTERM arriving during that import: the command then ran to the end. Imported here first, outside it.
+    import onnxruntime  # noqa: F401
+
     onnxslim = require("onnxslim", "the simplify pass")
     kwargs = {"skip_fusion_patterns": skip_fusions} if skip_fusions else {}
     try:
