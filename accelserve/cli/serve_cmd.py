@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
                 watch()
                 time.sleep(0.5)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (accelserve.errors.Terminated): the normal way to stop
+        from accelserve import stop
+
+        stop.reset()  # this stop is handled: serving ends with 0, not as an interrupted command
         print(f"{interruption_reason(exc)}: stopping tritonserver ...", file=sys.stderr, flush=True)
         server.stop()
         print("stopped", file=sys.stderr, flush=True)
