@@ -217,3 +217,14 @@ def test_window_with_idle_seconds_and_requests_without_a_time() -> None:
     one_timed = ClientSnapshot(num_requests=6, num_none_requests=1, total_response_time=11.5,
                                response_times={2.0: 4, 3.5: 1}, reqs_per_sec={10: 6})
     assert window(10, older, 11, one_timed).avg_ms == pytest.approx(3.5)
+
+
+def test_a_failure_filed_under_the_next_second_does_not_push_the_error_rate_over_one() -> None:
+    """Locust files a failure under the second it is logged, which can follow its request's second."""
+    newer = ClientSnapshot(num_requests=3, num_failures=3, reqs_per_sec={10: 2, 11: 1},
+                           fails_per_sec={10: 1, 11: 2})
+    w = window(10, ClientSnapshot(), 11, newer)
+    assert (w.requests, w.failures) == (2, 1)
+    late = ClientSnapshot(num_requests=2, num_failures=2, reqs_per_sec={10: 2}, fails_per_sec={10: 2, 11: 1})
+    w = window(10, ClientSnapshot(), 12, late)
+    assert (w.requests, w.failures) == (2, 2) and w.error_rate == 1.0
