@@ -59,15 +59,17 @@ def _torch() -> Any:
 
 
 @contextlib.contextmanager
-def _on_sys_path(directory: str) -> Iterator[None]:
-    added = directory not in sys.path
+def on_sys_path(directory: str | Path) -> Iterator[None]:
+    """``directory`` (resolved) first on ``sys.path`` for the block, so MODULE:ATTR specs resolve against it."""
+    d = str(Path(directory).resolve())
+    added = d not in sys.path
     if added:
-        sys.path.insert(0, directory)
+        sys.path.insert(0, d)
     try:
         yield
     finally:
-        if added and directory in sys.path:
-            sys.path.remove(directory)
+        if added and d in sys.path:
+            sys.path.remove(d)
 
 
 def _user_module_name(path: Path) -> str:
@@ -94,7 +96,7 @@ def _import_file(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        with _on_sys_path(str(path.resolve().parent)):  # so the file can import its neighbours
+        with on_sys_path(str(path.resolve().parent)):  # so the file can import its neighbours
             spec.loader.exec_module(module)
     except BaseException as exc:
         del sys.modules[name]
@@ -106,7 +108,7 @@ def _import_file(path: Path) -> Any:
 
 def _import_module(name: str) -> Any:
     try:
-        with _on_sys_path(os.getcwd()):  # like `python -m`: modules in the working directory are found
+        with on_sys_path(os.getcwd()):  # like `python -m`: modules in the working directory are found
             return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):

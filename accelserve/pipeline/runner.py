@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from accelserve.errors import AccelserveError, ExportError, InvalidInputError, Terminated
+from accelserve.exporters.torch_loading import on_sys_path
 from accelserve.pipeline.cache import StageCache, package_versions
 from accelserve.pipeline.config import SCHEMA_VERSION, PipelineConfig, load_config
 from accelserve.pipeline.progress import Progress
@@ -32,7 +33,6 @@ from accelserve.pipeline.stages import (
     export_stage,
     load_data,
     loadtest_stage,
-    on_sys_path,
     optimize_step,
     repo_options,
     timing_stage,

@@ -4,12 +4,9 @@ depends on."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import shutil
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,20 +73,6 @@ class RunContext:
         self.memo[key] = result
         self.record(stage, key, False, time.perf_counter() - started, candidate, detail(result) if detail else "")
         return result
-
-
-@contextlib.contextmanager
-def on_sys_path(directory: Path) -> Iterator[None]:
-    """MODULE:FN specs in the config resolve against the config's folder first (then the working directory)."""
-    d = str(directory.resolve())
-    added = d not in sys.path
-    if added:
-        sys.path.insert(0, d)
-    try:
-        yield
-    finally:
-        if added and d in sys.path:
-            sys.path.remove(d)
 
 
 def _source_hash(config: PipelineConfig) -> dict[str, Any]:
